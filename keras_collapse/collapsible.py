@@ -1,0 +1,91 @@
+"""Finding the collapsible activations of a model, and locking them linear."""
+
+import keras
+
+from keras_collapse.layers import CollapsibleActivation
+
+
+def collapsible_layers(model):
+    """Returns the collapsible activation layers of a model, in graph order.
+
+    Nested models are searched recursively; a layer used at several places
+    (shared) is listed once.
+
+    Args:
+        model: a `keras.Model` (Functional, Sequential, or subclassed).
+
+    Returns:
+        list of `CollapsibleActivation` (including `CollapsiblePReLU`), in
+        topological order for Functional and Sequential models.
+
+    Raises:
+        ValueError: if `model` is not a `keras.Model`.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Expected a keras.Model. Received: {model!r} of type "
+            f"{type(model).__name__}"
+        )
+    found, seen = [], set()
+
+    def visit(container):
+        for layer in container.layers:
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            if isinstance(layer, CollapsibleActivation):
+                found.append(layer)
+            elif isinstance(layer, keras.Model):
+                visit(layer)
+
+    visit(model)
+    return found
+
+
+def sync_training_state(model):
+    """Brings the trainer's copy of the variables back into `model`.
+
+    JAX's `fit` keeps its own copy of every variable during an epoch and
+    writes it back at the epoch's end, overwriting changes made in between.
+    After this call, a change to a variable is picked up by the next step.
+    A no-op on TensorFlow and PyTorch, and outside `fit`.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def lock_linear(model, layers):
+    """Locks collapsible activations of `model` to the identity; safe in `fit`.
+
+    Call it from any callback hook: the change takes effect at the next
+    training step and persists on all backends.
+
+    Args:
+        model: the `keras.Model` that is (or will be) training.
+        layers: a layer, a layer name, or a list of them; each must be a
+            collapsible activation of `model`.
+
+    Returns:
+        list of the layers that were locked.
+
+    Raises:
+        ValueError: if a layer is not a collapsible activation of `model`.
+    """
+    candidates = collapsible_layers(model)
+    by_name = {layer.name: layer for layer in candidates}
+    if isinstance(layers, (str, keras.layers.Layer)):
+        layers = [layers]
+    chosen = []
+    for item in layers:
+        layer = by_name.get(item) if isinstance(item, str) else item
+        if layer is None or all(layer is not c for c in candidates):
+            raise ValueError(
+                f"Expected a collapsible activation of model '{model.name}' "
+                f"(one of {sorted(by_name)}). Received: {item!r}"
+            )
+        chosen.append(layer)
+    sync_training_state(model)
+    for layer in chosen:
+        layer.lock_linear()
+    return chosen

@@ -1,0 +1,6 @@
+"""Collapsible activation layers."""
+
+from keras_collapse.layers.collapsible_activation import CollapsibleActivation
+from keras_collapse.layers.collapsible_prelu import CollapsiblePReLU
+
+__all__ = ["CollapsibleActivation", "CollapsiblePReLU"]

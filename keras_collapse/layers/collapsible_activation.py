@@ -1,0 +1,262 @@
+"""An activation that a single slope `alpha` blends into the identity."""
+
+import inspect
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_collapse.regularizers import LinearityRegularizer
+
+# Activations that are not elementwise (or already linear) cannot be blended
+# into the identity channel by channel.
+_NOT_COLLAPSIBLE = ("softmax", "log_softmax", "glu", "sparsemax", "linear")
+
+
+def resolve_activation(activation, activation_kwargs=None):
+    """Returns `(name, function, kwargs)` for an elementwise Keras activation.
+
+    Args:
+        activation: str, the name of a `keras.activations` function, or one
+            such function.
+        activation_kwargs: dict or None, extra keyword arguments of that
+            function (e.g. `{"max_value": 6.0}` for `relu`).
+
+    Raises:
+        ValueError: if the activation is unknown, not elementwise, or does not
+            accept the keyword arguments.
+    """
+    try:
+        fn = keras.activations.get(activation)
+    except (ValueError, TypeError):
+        fn = None
+    name = keras.activations.serialize(fn) if fn is not None else None
+    if not isinstance(name, str):
+        raise ValueError(
+            "`activation` must name an elementwise `keras.activations` function "
+            f"such as 'relu', 'relu6', 'gelu', 'silu' or 'leaky_relu'. "
+            f"Received: activation={activation!r}"
+        )
+    if name in _NOT_COLLAPSIBLE:
+        raise ValueError(
+            f"Activation '{name}' cannot be collapsed: it is linear already or "
+            "not elementwise. Expected an elementwise nonlinearity such as "
+            f"'relu', 'gelu' or 'silu'. Received: activation={activation!r}"
+        )
+    kwargs = dict(activation_kwargs or {})
+    try:
+        inspect.signature(fn).bind(None, **kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"Activation '{name}' does not accept the keyword arguments "
+            f"{kwargs}: {e}. Received: activation_kwargs={activation_kwargs!r}"
+        ) from None
+    return name, fn, kwargs
+
+
+def _resolve_shared_axes(shared_axes):
+    if shared_axes is None or shared_axes == "all":
+        return shared_axes
+    axes = [shared_axes] if isinstance(shared_axes, int) else shared_axes
+    if not isinstance(axes, (list, tuple)) or not all(
+        isinstance(a, int) and not isinstance(a, bool) for a in axes
+    ):
+        raise ValueError(
+            "`shared_axes` must be 'all', None, an int or a list of ints. "
+            f"Received: shared_axes={shared_axes!r}"
+        )
+    return list(axes)
+
+
+@keras.saving.register_keras_serializable(package="keras_collapse")
+class CollapsibleActivation(keras.layers.Layer):
+    """An activation blended toward the identity by a trainable slope.
+
+    `y = alpha * x + (1 - alpha) * act(x)`, computed as
+    `act(x) + alpha * (x - act(x))`: `alpha = 0` is exactly the original
+    activation, `alpha = 1` is the identity. For `act = relu` this is the
+    PReLU `max(0, x) + alpha * min(0, x)` exactly, at every alpha.
+
+    Once linear, the layers on both sides of it can be merged into one by
+    `keras_collapse.surgery`. A layer can be *locked* linear (`lock_linear()`):
+    it then computes exactly `y = x` whatever `alpha` becomes while the rest of
+    the model keeps training. The lock is a non-trainable weight, so it is
+    saved with the model.
+
+    Args:
+        activation: str, the elementwise `keras.activations` function to
+            blend ('relu', 'relu6', 'gelu', 'silu', 'leaky_relu', ...).
+            Defaults to `"relu"`.
+        activation_kwargs: dict, keyword arguments of that function, e.g.
+            `{"max_value": 6.0}` or `{"negative_slope": 0.1}`. Defaults to
+            `None`.
+        alpha_initializer: initializer of `alpha`. Defaults to `"zeros"`
+            (the original activation).
+        alpha_regularizer: regularizer of `alpha`. The default, `"linearity"`,
+            attaches `LinearityRegularizer()` (factor 0.2), the LayerCollapse
+            pull toward the identity; pass `None` for no pull. Defaults to
+            `"linearity"`.
+        alpha_constraint: constraint of `alpha`. Defaults to `None`.
+        shared_axes: axes along which `alpha` is shared. `"all"` gives one
+            scalar per layer (as in LayerCollapse, and the regularizer then
+            weighs every layer alike); `None` one alpha per element (Keras'
+            `PReLU` default); `[1, 2]` one per channel of an image. Defaults
+            to `"all"`.
+        **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Example:
+
+    >>> layer = CollapsibleActivation("gelu", alpha_regularizer=None)
+    >>> x = keras.ops.convert_to_tensor([-1.0, 2.0])
+    >>> # alpha = 0: gelu(x); after lock_linear(): exactly x
+    >>> layer.lock_linear(); keras.ops.convert_to_numpy(layer(x)).tolist()
+    [-1.0, 2.0]
+
+    Reference:
+        LayerCollapse, arXiv 2311.17943.
+    """
+
+    def __init__(
+        self,
+        activation="relu",
+        activation_kwargs=None,
+        alpha_initializer="zeros",
+        alpha_regularizer="linearity",
+        alpha_constraint=None,
+        shared_axes="all",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.activation, self._activation_fn, self.activation_kwargs = (
+            resolve_activation(activation, activation_kwargs)
+        )
+        self.alpha_initializer = keras.initializers.get(alpha_initializer)
+        if alpha_regularizer == "linearity":
+            alpha_regularizer = LinearityRegularizer()
+        self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
+        self.alpha_constraint = keras.constraints.get(alpha_constraint)
+        self.shared_axes = _resolve_shared_axes(shared_axes)
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if self.shared_axes == "all":
+            alpha_shape = ()
+        else:
+            alpha_shape = list(input_shape[1:])
+            for axis in self.shared_axes or ():
+                if not 1 <= axis < rank:
+                    raise ValueError(
+                        f"`shared_axes` must be axes of the input between 1 and "
+                        f"{rank - 1} (the batch axis 0 is always shared). "
+                        f"Received: shared_axes={self.shared_axes} for an input "
+                        f"of shape {tuple(input_shape)}"
+                    )
+                alpha_shape[axis - 1] = 1
+            if any(d is None for d in alpha_shape):
+                raise ValueError(
+                    "`alpha` needs a known size on every axis it is not shared "
+                    f"along. Received an input of shape {tuple(input_shape)} "
+                    f"with shared_axes={self.shared_axes}; share the unknown "
+                    "axes (e.g. shared_axes=[1, 2] for images of any size)."
+                )
+        self.alpha = self.add_weight(
+            shape=tuple(alpha_shape),
+            name="alpha",
+            initializer=self.alpha_initializer,
+            regularizer=self.alpha_regularizer,
+            constraint=self.alpha_constraint,
+        )
+        # 1.0 when locked linear. A variable, not a Python flag, so that a
+        # change made during `fit` reaches the compiled train step.
+        self.linear_lock = self.add_weight(
+            shape=(),
+            name="linear_lock",
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def call(self, inputs):
+        act = self._activation_fn(inputs, **self.activation_kwargs)
+        blended = act + self.alpha * (inputs - act)
+        return ops.where(self.linear_lock > 0.5, inputs, blended)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    @property
+    def is_locked(self):
+        """bool, whether the layer is locked to the identity."""
+        self._require_built("is_locked")
+        return bool(ops.convert_to_numpy(self.linear_lock) > 0.5)
+
+    @property
+    def is_linear(self):
+        """bool, whether the layer computes the identity (locked or alpha = 1)."""
+        return bool(np.all(self.alpha_numpy() == 1.0))
+
+    def alpha_numpy(self):
+        """Returns the effective slope as a NumPy array (1 where locked)."""
+        self._require_built("alpha_numpy")
+        if self.is_locked:
+            return np.ones(self.alpha.shape, dtype="float32")
+        return ops.convert_to_numpy(self.alpha)
+
+    def set_alpha(self, value):
+        """Sets `alpha` from a value that broadcasts to its shape.
+
+        Raises:
+            ValueError: if `value` does not broadcast to `alpha`'s shape.
+        """
+        self._require_built("set_alpha")
+        value = np.asarray(value, dtype="float32")
+        try:
+            value = np.broadcast_to(value, self.alpha.shape)
+        except ValueError:
+            raise ValueError(
+                f"Layer '{self.name}': alpha has shape {tuple(self.alpha.shape)}; "
+                f"expected a value that broadcasts to it. Received a value of "
+                f"shape {value.shape}"
+            ) from None
+        self.alpha.assign(value)
+
+    def lock_linear(self):
+        """Makes the layer exactly the identity, and keeps it so while training.
+
+        Sets `alpha` to 1 and the lock to 1. Inside `fit`, call it through
+        `keras_collapse.lock_linear(model, ...)`, which first brings the
+        trainer's copy of the variables back to the model (JAX).
+        """
+        self.set_alpha(1.0)
+        self.linear_lock.assign(1.0)
+
+    def unlock(self):
+        """Removes the lock; `alpha` keeps its value (1 after `lock_linear`)."""
+        self._require_built("unlock")
+        self.linear_lock.assign(0.0)
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' is not built yet, so `{what}` has no "
+                "weights to use. Call the layer on an input (or build the model) "
+                "first."
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "activation": self.activation,
+                "activation_kwargs": dict(self.activation_kwargs),
+                "alpha_initializer": keras.initializers.serialize(
+                    self.alpha_initializer
+                ),
+                "alpha_regularizer": keras.regularizers.serialize(
+                    self.alpha_regularizer
+                ),
+                "alpha_constraint": keras.constraints.serialize(self.alpha_constraint),
+                "shared_axes": self.shared_axes,
+            }
+        )
+        return config

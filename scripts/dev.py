@@ -1,0 +1,170 @@
+"""Set up the project's environment and run its jobs. Needs only Python 3.10+.
+
+    python3 scripts/dev.py demo    # train a small model on real data, collapse it
+    python3 scripts/dev.py test    # the whole test suite, once per backend
+    python3 scripts/dev.py test --backends jax -- -k prelu   # a subset
+
+The environment is a virtualenv in `.venv/` beside this folder, made and
+filled on first use (and again whenever pyproject.toml changes).
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+STAMP = VENV / ".keras_collapse_installed"
+BACKENDS = ("tensorflow", "jax", "torch")
+# torch first and pinned: this is the CPU build that lies on the CI machines'
+# disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC = "torch==2.13.0"
+FASHION_MNIST_DEB = Path("/usr/share/datasets/fashion-mnist")
+
+
+def run(cmd, **kwargs):
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def setup():
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"Creating a virtualenv in {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    pip = [
+        str(PYTHON),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
+    run(pip + [TORCH_SPEC])
+    run(pip + ["-e", f"{ROOT}[tensorflow,jax,torch,test,examples]"])
+    STAMP.write_text(wanted)
+
+
+def isolated_env(backend):
+    """Environment for a child process: its own KERAS_HOME, one backend."""
+    home = Path(tempfile.mkdtemp(prefix="keras_collapse_home_"))
+    _offer_fashion_mnist(home)
+    env = dict(os.environ)
+    env.update(
+        KERAS_BACKEND=backend,
+        KERAS_HOME=str(home),
+        MPLCONFIGDIR=str(home / "mpl"),
+        MPLBACKEND="Agg",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONHASHSEED="0",
+    )
+    return env
+
+
+def _offer_fashion_mnist(home):
+    """Lets keras.datasets.fashion_mnist load offline from the Debian package."""
+    if not FASHION_MNIST_DEB.is_dir():
+        return
+    target = home / "datasets" / "fashion-mnist"
+    target.mkdir(parents=True, exist_ok=True)
+    for f in FASHION_MNIST_DEB.iterdir():
+        if f.name.endswith(".gz") and not (target / f.name).exists():
+            (target / f.name).symlink_to(f)
+
+
+def test(backends, pytest_args):
+    setup()
+    summary, failed = [], False
+    for backend in backends:
+        print(f"\n===== pytest on KERAS_BACKEND={backend} =====", flush=True)
+        start = time.time()
+        proc = subprocess.run(
+            [str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
+            cwd=ROOT,
+            env=isolated_env(backend),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        sys.stdout.write(proc.stdout)
+        counts = _counts(proc.stdout)
+        # pytest exits 5 when nothing was collected: that is a failure here.
+        failed |= proc.returncode != 0
+        summary.append((backend, proc.returncode, counts, time.time() - start))
+    print("\n===== per-backend results =====")
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    for backend, code, counts, seconds in summary:
+        print(f"{backend:>10}: exit {code}, " + _fmt(counts) + f" in {seconds:.0f}s")
+        for k in totals:
+            totals[k] += counts.get(k, 0) + (
+                counts.get("errors", 0) if k == "failed" else 0
+            )
+    print(
+        f"all backends: {totals['passed']} passed, {totals['failed']} failed, "
+        f"{totals['skipped']} skipped"
+    )
+    return 1 if failed else 0
+
+
+def _counts(output):
+    lines = [
+        ln for ln in output.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)
+    ]
+    counts = {}
+    for n, word in re.findall(
+        r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)",
+        lines[-1] if lines else "",
+    ):
+        counts["errors" if word.startswith("error") else word] = int(n)
+    return counts
+
+
+def _fmt(counts):
+    return ", ".join(f"{v} {k}" for k, v in counts.items()) or "no result line"
+
+
+def demo(backend, extra):
+    setup()
+    cmd = [str(PYTHON), str(ROOT / "examples" / "collapse_digits.py"), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=isolated_env(backend)).returncode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job", choices=["setup", "test", "demo"])
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated, for `test`. Default: all three",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("KERAS_BACKEND", "jax"),
+        help="for `demo`. Default: $KERAS_BACKEND or jax",
+    )
+    args, rest = parser.parse_known_args()
+    rest = [a for a in rest if a != "--"]
+    if args.job == "setup":
+        setup()
+        return 0
+    if args.job == "test":
+        backends = [b for b in args.backends.split(",") if b]
+        unknown = set(backends) - set(BACKENDS)
+        if unknown:
+            parser.error(f"unknown backend(s) {sorted(unknown)}; expected {BACKENDS}")
+        return test(backends, rest)
+    return demo(args.backend, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

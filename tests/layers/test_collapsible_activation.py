@@ -1,0 +1,190 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_collapse as kc
+from tests.testing import TestCase
+
+_erf = np.vectorize(math.erf)
+
+# Independent NumPy oracles of the activations being blended.
+ORACLES = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.2 * x),
+    "tanh": np.tanh,
+    "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
+}
+
+
+def blend_oracle(act, x, alpha):
+    return alpha * x + (1.0 - alpha) * ORACLES[act](x)
+
+
+class TestCollapsibleActivation(TestCase):
+    @pytest.mark.parametrize("act", sorted(ORACLES))
+    @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0, 1.7, -0.5])
+    def test_matches_numpy_blend(self, act, alpha):
+        x = self.random_inputs((4, 7), scale=4.0)
+        x[0, :3] = [0.0, 6.0, -6.0]  # the kinks of relu/relu6
+        layer = kc.CollapsibleActivation(
+            act,
+            alpha_initializer=keras.initializers.Constant(alpha),
+            alpha_regularizer=None,
+        )
+        self.assert_close(
+            layer(x),
+            blend_oracle(act, x.astype("float64"), alpha),
+            atol=2e-6,
+            rtol=2e-6,
+        )
+
+    @pytest.mark.parametrize("act", sorted(ORACLES))
+    def test_alpha_zero_is_the_activation_exactly(self, act):
+        x = self.random_inputs((3, 9), scale=3.0)
+        layer = kc.CollapsibleActivation(act, alpha_regularizer=None)
+        expected = keras.activations.get(act)(keras.ops.convert_to_tensor(x))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(expected)
+        )
+
+    def test_relu_blend_is_prelu_exactly(self):
+        x = self.random_inputs((5, 6), scale=3.0)
+        for alpha in [0.0, 0.25, 1.0]:
+            layer = kc.CollapsibleActivation(
+                "relu",
+                alpha_initializer=keras.initializers.Constant(alpha),
+                alpha_regularizer=None,
+            )
+            prelu = keras.layers.PReLU(
+                alpha_initializer=keras.initializers.Constant(alpha)
+            )
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(layer(x)),
+                keras.ops.convert_to_numpy(prelu(x)),
+            )
+        # alpha = 1 is exactly the identity for relu.
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
+
+    def test_activation_kwargs(self):
+        x = self.random_inputs((4, 5), scale=10.0)
+        layer = kc.CollapsibleActivation(
+            "relu", activation_kwargs={"max_value": 6.0}, alpha_regularizer=None
+        )
+        self.assert_close(layer(x), ORACLES["relu6"](x))
+        leaky = kc.CollapsibleActivation(
+            "leaky_relu",
+            activation_kwargs={"negative_slope": 0.1},
+            alpha_regularizer=None,
+        )
+        self.assert_close(leaky(x), np.where(x > 0, x, 0.1 * x))
+
+    def test_gradient_reaches_alpha(self):
+        layer = kc.CollapsibleActivation("gelu", alpha_regularizer=None)
+        model = keras.Sequential([keras.Input((6,)), layer, keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+        x = self.random_inputs((256, 6), scale=2.0)
+        y = x.sum(axis=1, keepdims=True)  # a linear target: alpha grows toward 1
+        model.fit(x, y, epochs=5, batch_size=32, verbose=0)
+        assert float(layer.alpha_numpy()) > 0.05
+
+    @pytest.mark.parametrize(
+        "shared_axes, expected_shape",
+        [("all", ()), (None, (4, 4, 3)), ([1, 2], (1, 1, 3)), (3, (4, 4, 1))],
+    )
+    def test_shared_axes_shape_and_values(self, shared_axes, expected_shape):
+        layer = kc.CollapsiblePReLU(shared_axes=shared_axes, alpha_regularizer=None)
+        x = self.random_inputs((2, 4, 4, 3))
+        layer.build(x.shape)
+        assert tuple(layer.alpha.shape) == expected_shape
+        alpha = self.rng(1).uniform(0, 1, expected_shape).astype("float32")
+        layer.set_alpha(alpha)
+        self.assert_close(layer(x), np.maximum(x, 0) + alpha * np.minimum(x, 0))
+
+    def test_mixed_precision(self):
+        keras.config.set_dtype_policy("mixed_float16")
+        layer = kc.CollapsibleActivation(
+            "gelu", alpha_initializer=keras.initializers.Constant(0.25)
+        )
+        x = self.random_inputs((3, 8))
+        out = layer(keras.ops.cast(x, "float16"))
+        assert keras.backend.standardize_dtype(out.dtype) == "float16"
+        assert keras.backend.standardize_dtype(layer.alpha.dtype) == "float32"
+        self.assert_close(
+            keras.ops.cast(out, "float32"),
+            blend_oracle("gelu", x, 0.25),
+            atol=5e-3,
+            rtol=5e-3,
+        )
+        layer.lock_linear()
+        self.assert_close(
+            keras.ops.cast(layer(keras.ops.cast(x, "float16")), "float32"),
+            x.astype("float16").astype("float32"),
+            atol=0,
+            rtol=0,
+        )
+
+    def test_mixed_precision_fit(self):
+        keras.config.set_dtype_policy("mixed_float16")
+        model = keras.Sequential(
+            [
+                keras.Input((5,)),
+                keras.layers.Dense(8),
+                kc.CollapsiblePReLU(),
+                keras.layers.Dense(1, dtype="float32"),
+            ]
+        )
+        model.compile(optimizer="adam", loss="mse")
+        history = model.fit(
+            self.random_inputs((32, 5)),
+            self.random_inputs((32, 1)),
+            epochs=2,
+            verbose=0,
+        )
+        assert np.all(np.isfinite(history.history["loss"]))
+
+    def test_default_regularizer_is_linearity(self):
+        layer = kc.CollapsiblePReLU()
+        assert isinstance(layer.alpha_regularizer, kc.LinearityRegularizer)
+        layer(self.random_inputs((2, 3)))
+        # alpha starts at 0: the penalty is factor * (1 - 0)^2.
+        assert float(keras.ops.convert_to_numpy(layer.losses[0])) == pytest.approx(
+            layer.alpha_regularizer.factor
+        )
+        assert kc.CollapsiblePReLU(alpha_regularizer=None).alpha_regularizer is None
+
+
+class TestBadInput(TestCase):
+    @pytest.mark.parametrize("name", ["no_such_activation", "softmax", "linear", 3])
+    def test_unknown_or_non_elementwise_activation(self, name):
+        with pytest.raises(ValueError, match="Received: activation="):
+            kc.CollapsibleActivation(name)
+
+    def test_bad_activation_kwargs(self):
+        with pytest.raises(ValueError, match="does not accept"):
+            kc.CollapsibleActivation("gelu", activation_kwargs={"max_value": 6})
+
+    def test_alpha_that_does_not_broadcast(self):
+        layer = kc.CollapsiblePReLU(shared_axes=[1, 2])
+        layer.build((None, 4, 4, 3))
+        with pytest.raises(ValueError, match=r"broadcasts to it.*shape \(5,\)"):
+            layer.set_alpha(np.zeros(5))
+
+    @pytest.mark.parametrize("axes", [[0], [4], "channels", [1.5]])
+    def test_bad_shared_axes(self, axes):
+        with pytest.raises(ValueError, match="shared_axes"):
+            layer = kc.CollapsiblePReLU(shared_axes=axes)
+            layer.build((None, 4, 4, 3))
+
+    def test_per_element_alpha_needs_known_sizes(self):
+        layer = kc.CollapsiblePReLU(shared_axes=None)
+        with pytest.raises(ValueError, match="known size"):
+            layer.build((None, None, None, 3))
+
+    def test_unbuilt_layer(self):
+        with pytest.raises(ValueError, match="not built"):
+            kc.CollapsiblePReLU().is_linear  # noqa: B018
