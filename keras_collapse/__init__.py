@@ -2,18 +2,28 @@
 
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.collapsible import lock_linear
+from keras_collapse.collapsible import lock_near_linear
 from keras_collapse.collapsible import sync_training_state
+from keras_collapse.cost_model import MacCostModel
+from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.regularizers import LinearityRegularizer
+from keras_collapse.surgery import surgery
+from keras_collapse.verify import VerificationError
 from keras_collapse.version import __version__
 
 __all__ = [
+    "BiasMap",
     "CollapsibleActivation",
     "CollapsiblePReLU",
     "LinearityRegularizer",
+    "MacCostModel",
+    "VerificationError",
     "__version__",
     "collapsible_layers",
     "lock_linear",
+    "lock_near_linear",
+    "surgery",
     "sync_training_state",
 ]

@@ -1,6 +1,7 @@
 """Finding the collapsible activations of a model, and locking them linear."""
 
 import keras
+import numpy as np
 
 from keras_collapse.layers import CollapsibleActivation
 
@@ -86,6 +87,38 @@ def lock_linear(model, layers):
             )
         chosen.append(layer)
     sync_training_state(model)
+    for layer in chosen:
+        layer.lock_linear()
+    return chosen
+
+
+def lock_near_linear(model, tolerance=0.05):
+    """Locks every collapsible activation whose alpha is within `tolerance`
+    of 1 (LayerCollapse's collapse condition), snapping it to exactly 1.
+
+    Args:
+        model: a `keras.Model`.
+        tolerance: float, the largest `|alpha - 1|` (over all of a layer's
+            alphas) that counts as linear. Defaults to `0.05`.
+
+    Returns:
+        list of the layers that were locked (already-locked ones excluded).
+    """
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not (0 <= tolerance < 1)
+    ):
+        raise ValueError(
+            f"`tolerance` must be a number in [0, 1). Received: tolerance={tolerance!r}"
+        )
+    sync_training_state(model)
+    chosen = [
+        layer
+        for layer in collapsible_layers(model)
+        if not layer.is_locked
+        and float(np.max(np.abs(layer.alpha_numpy() - 1.0))) <= tolerance
+    ]
     for layer in chosen:
         layer.lock_linear()
     return chosen

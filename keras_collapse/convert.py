@@ -1,0 +1,506 @@
+"""Turning the activations of a trained model into collapsible ones.
+
+`make_collapsible` reads a model into a `Graph`, replaces the chosen
+activations (layers, raw `keras.ops` calls, or activations fused into a
+Conv/Dense) by `CollapsibleActivation` / `CollapsiblePReLU` layers at
+`alpha = 0`, and rebuilds a new model that computes the same function.
+"""
+
+import collections
+import inspect
+import typing
+import warnings
+
+import keras
+import numpy as np
+
+from keras_collapse.graph import Graph
+from keras_collapse.graph import Ref
+from keras_collapse.layers import CollapsibleActivation
+from keras_collapse.layers import CollapsiblePReLU
+from keras_collapse.layers.collapsible_activation import resolve_activation
+from keras_collapse.passes import kinds
+
+# Layers whose `activation=` argument fuses an activation after the linear op.
+FUSED_TYPES = (
+    keras.layers.Dense,
+    keras.layers.EinsumDense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+# Raw activation operations missing from `kinds.OP_ACTIVATIONS`; "ReLU" is what
+# `keras.activations.relu` adds to a functional graph (it carries
+# `negative_slope`, `max_value` and `threshold`).
+_MORE_OP_ACTIVATIONS = {
+    "ReLU": "relu",
+    "Celu": "celu",
+    "Softsign": "softsign",
+    "SparsePlus": "sparse_plus",
+    "Squareplus": "squareplus",
+    "LogSigmoid": "log_sigmoid",
+    "SparseSigmoid": "sparse_sigmoid",
+    "HardTanh": "hard_tanh",
+    "HardShrink": "hard_shrink",
+    "SoftShrink": "soft_shrink",
+    "TanhShrink": "tanh_shrink",
+}
+OP_ACTIVATIONS = {**kinds.OP_ACTIVATIONS, **_MORE_OP_ACTIVATIONS}
+
+# Rectifier-like activations: what `make_collapsible` converts by default.
+DEFAULT_KINDS = (
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "prelu",
+    "elu",
+    "selu",
+    "celu",
+    "gelu",
+    "silu",
+    "hard_silu",
+    "mish",
+    "softplus",
+    "sparse_plus",
+    "squareplus",
+)
+# Saturating or shrinking activations: converted only when asked for.
+OTHER_KINDS = (
+    "sigmoid",
+    "hard_sigmoid",
+    "log_sigmoid",
+    "sparse_sigmoid",
+    "tanh",
+    "hard_tanh",
+    "softsign",
+    "exponential",
+    "hard_shrink",
+    "soft_shrink",
+    "tanh_shrink",
+)
+KINDS = DEFAULT_KINDS + OTHER_KINDS
+_SUB_OBJECTS = (
+    keras.initializers.Initializer,
+    keras.regularizers.Regularizer,
+    keras.constraints.Constraint,
+)
+
+
+class ActivationSpec(typing.NamedTuple):
+    """The elementwise activation a node applies.
+
+    `name` and `kwargs` are the `keras.activations` function and its keyword
+    arguments, normalized: a ReLU capped at 6 is `("relu6", {})`, a ReLU with
+    only a negative slope `("leaky_relu", {"negative_slope": s})`. `alpha` is
+    the slope of a `keras.layers.PReLU` (then `name` is `"relu"`), else None.
+    """
+
+    name: str
+    kwargs: dict
+    alpha: np.ndarray | None = None
+
+    @property
+    def kind(self):
+        """The name `make_collapsible(activations=...)` selects it by."""
+        return "prelu" if self.alpha is not None else self.name
+
+
+def activation_spec(node):
+    """Returns the `ActivationSpec` of a graph node, or None.
+
+    A node is an activation when it calls a `keras.layers.ReLU`, `LeakyReLU`,
+    `ELU`, `PReLU` or `Activation` layer, a raw activation operation (a
+    `keras.ops` or `keras.activations` call on a KerasTensor), or a stock
+    Conv/Dense layer (`FUSED_TYPES`) with a fused `activation`; and when that
+    activation is elementwise (softmax, linear and unknown functions are not).
+    A ReLU with a nonzero `threshold` is reported with its `threshold`.
+
+    Args:
+        node: a `keras_collapse.graph.Node`.
+
+    Returns:
+        `ActivationSpec` or None.
+
+    Example:
+
+    >>> x = keras.Input((4,))
+    >>> y = keras.layers.ReLU(max_value=6.0)(x)
+    >>> graph = Graph.from_model(keras.Model(x, y))
+    >>> activation_spec(graph.layer_nodes()[0])  # counted as relu6
+    ActivationSpec(name='relu6', kwargs={}, alpha=None)
+    """
+    if node.is_input or len(node.input_refs) != 1:
+        return None
+    layer = node.layer
+    kind = type(layer)
+    if kind is keras.layers.ReLU:
+        return _spec(
+            "relu",
+            {
+                "negative_slope": layer.negative_slope,
+                "max_value": layer.max_value,
+                "threshold": layer.threshold,
+            },
+        )
+    if kind is keras.layers.LeakyReLU:
+        return _spec("leaky_relu", {"negative_slope": layer.negative_slope})
+    if kind is keras.layers.ELU:
+        return _spec("elu", {"alpha": layer.alpha})
+    if kind is keras.layers.PReLU:
+        return ActivationSpec("relu", {}, np.asarray(layer.get_weights()[0]))
+    if kind is keras.layers.Activation or is_fused_activation(layer):
+        return _spec(kinds.activation_name(layer.activation), {})
+    if isinstance(layer, keras.layers.Layer):
+        return None
+    name = OP_ACTIVATIONS.get(type(layer).__name__)
+    if name is None:
+        return None
+    return _spec(name, _op_kwargs(layer, name))
+
+
+def is_fused_activation(layer):
+    """Whether `layer` is a stock Conv/Dense with a non-linear fused activation."""
+    return (
+        type(layer) in FUSED_TYPES
+        and kinds.activation_name(layer.activation) != "linear"
+    )
+
+
+def _op_kwargs(operation, name):
+    """The activation's keyword arguments, read from the operation's attributes
+    (e.g. `approximate` of Gelu, `negative_slope` of LeakyRelu)."""
+    params = list(inspect.signature(keras.activations.get(name)).parameters)[1:]
+    return {p: getattr(operation, p) for p in params if hasattr(operation, p)}
+
+
+def _spec(name, kwargs):
+    if name == "relu":
+        name, kwargs = _normalize_relu(**kwargs)
+    try:
+        name, _, kwargs = resolve_activation(name, kwargs)
+    except ValueError:  # not elementwise, linear, or unknown
+        return None
+    return ActivationSpec(name, kwargs)
+
+
+def _normalize_relu(negative_slope=0.0, max_value=None, threshold=0.0):
+    slope = float(negative_slope or 0.0)
+    cap = None if max_value is None else float(max_value)
+    if threshold:
+        kwargs = {"negative_slope": slope, "max_value": cap}
+        kwargs = {k: v for k, v in kwargs.items() if v}
+        return "relu", {**kwargs, "threshold": float(threshold)}
+    if slope == 0.0 and cap is None:
+        return "relu", {}
+    if slope == 0.0 and cap == 6.0:
+        return "relu6", {}
+    if cap is None:
+        return "leaky_relu", {"negative_slope": slope}
+    return "relu", {"negative_slope": slope, "max_value": cap}
+
+
+def make_collapsible(
+    model,
+    activations=None,
+    layer_names=None,
+    predicate=None,
+    alpha_regularizer=None,
+    shared_axes="all",
+):
+    """Returns a new model whose chosen activations are collapsible.
+
+    Each chosen activation becomes a `CollapsiblePReLU` (plain ReLU and
+    PReLU) or a `CollapsibleActivation` (any other) at `alpha = 0`, so the new
+    model computes what `model` computes, with its weights copied. `model`
+    itself is never modified. Nested models are flattened into one graph.
+
+    Activations are found in every form Keras models use: `ReLU`, `LeakyReLU`,
+    `ELU`, `PReLU` and `Activation` layers, raw `keras.ops` /
+    `keras.activations` calls on KerasTensors, and activations fused into
+    Conv/Dense layers (`activation="relu"`), which are split out: the layer
+    keeps its name with `activation="linear"` and the collapsible layer after
+    it is named `"<layer>_<kind>"` (e.g. `"conv1_relu"`). A replaced
+    activation layer or operation lends its name to its replacement.
+
+    Kinds are canonical `keras.activations` names, plus `"prelu"`:
+    a ReLU capped at 6 (`ReLU(max_value=6)`) counts as `"relu6"`, a ReLU with
+    only a negative slope as `"leaky_relu"`, any other ReLU as `"relu"`;
+    `"swish"` is `"silu"`.
+
+    Choosing. With no selector, the default rule converts every activation
+    whose kind is in `DEFAULT_KINDS` (relu, relu6, leaky_relu, prelu, elu,
+    selu, celu, gelu, silu, hard_silu, mish, softplus, sparse_plus,
+    squareplus), except one whose output is a model output (a head) or is read
+    directly by a `Multiply` layer or a multiply operation (a gate, as in
+    squeeze-and-excitation or MobileNetV3's hard-sigmoid): sigmoid,
+    hard_sigmoid, tanh and the other saturating kinds are never converted by
+    default, softmax never at all (it is not elementwise). Given one or more
+    selectors, an activation is converted when it satisfies all of them, and
+    the default rule does not apply. A layer called at several places is
+    converted at all of them (its replacement is shared the same way) or, if
+    not chosen at all of them, at none. A ReLU with a nonzero `threshold` is
+    not collapsible: it is left as it is, with a warning.
+
+    Args:
+        model: a Functional or Sequential `keras.Model` with a known input
+            shape.
+        activations: str or list of str, the kinds to convert, from `KINDS`
+            (aliases such as `"swish"` accepted). Defaults to `None`.
+        layer_names: str or list of str, names of the layers (or raw
+            operations) holding the activations to convert; for a fused
+            activation, the Conv/Dense layer's name. Defaults to `None`.
+        predicate: callable `predicate(layer) -> bool` on the layer (or raw
+            operation, or Conv/Dense with a fused activation) holding each
+            activation. Defaults to `None`.
+        alpha_regularizer: the regularizer of every new `alpha`: `None` for
+            no pull, `"linearity"` or a `LinearityRegularizer` for the
+            LayerCollapse pull toward the identity. Defaults to `None`.
+        shared_axes: `shared_axes` of the new layers (see
+            `CollapsibleActivation`). A replaced `PReLU` keeps its own
+            `shared_axes` and its `alpha`. Defaults to `"all"`.
+
+    Returns:
+        A new `keras.Model`.
+
+    Raises:
+        ValueError: if `model` is not a Functional or built Sequential model,
+            if `activations` names an unknown or non-elementwise kind, if
+            `layer_names` names a layer that does not exist or is not a
+            collapsible activation, or if `predicate` is not callable.
+
+    Example:
+
+    >>> x = keras.Input((8,))
+    >>> h = keras.layers.Dense(16, activation="relu", name="fc1")(x)
+    >>> model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    >>> new = make_collapsible(model)
+    >>> [layer.name for layer in new.layers][1:]  # fc1 split in two
+    ['fc1', 'fc1_relu', 'out']
+    """
+    graph = Graph.from_model(model)
+    wanted_kinds = _resolve_kinds(activations)
+    wanted_names = _as_names(layer_names)
+    if predicate is not None and not callable(predicate):
+        raise ValueError(
+            "`predicate` must be a callable `predicate(layer) -> bool`. "
+            f"Received: predicate={predicate!r}"
+        )
+    found = [(node, activation_spec(node)) for node in graph.layer_nodes()]
+    found = [(node, spec) for node, spec in found if spec is not None]
+    if wanted_names is not None:
+        _check_names(graph, found, wanted_names)
+    selectors = (wanted_kinds, wanted_names, predicate)
+    if all(s is None for s in selectors):
+        chosen = _default_choice(graph, found)
+    else:
+        chosen = [item for item in found if _matches(*item, *selectors)]
+    chosen = _whole_layers(graph, _collapsible_only(chosen))
+    _convert(graph, chosen, alpha_regularizer, shared_axes)
+    return graph.to_model()
+
+
+# ------------------------------------------------------------------ choosing
+def _resolve_kinds(activations):
+    if activations is None:
+        return None
+    resolved = set()
+    for name in _as_names(activations, what="activations"):
+        kind = name if name == "prelu" else _canonical(name)
+        if kind not in KINDS:
+            raise ValueError(
+                "`activations` must name elementwise activations, one of "
+                f"{sorted(KINDS)} (aliases such as 'swish' are accepted). "
+                f"Received: {name!r} in activations={activations!r}"
+            )
+        resolved.add(kind)
+    return resolved
+
+
+def _canonical(name):
+    try:
+        canonical = keras.activations.serialize(keras.activations.get(name))
+    except (ValueError, TypeError):
+        return name
+    return canonical if isinstance(canonical, str) else name
+
+
+def _as_names(names, what="layer_names"):
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple, set)) or not all(
+        isinstance(n, str) for n in names
+    ):
+        raise ValueError(
+            f"`{what}` must be a string or a list of strings. "
+            f"Received: {what}={names!r}"
+        )
+    return set(names)
+
+
+def _check_names(graph, found, names):
+    existing = {_name(node.layer) for node in graph.layer_nodes()}
+    missing = sorted(names - existing)
+    if missing:
+        raise ValueError(
+            f"`layer_names` must name layers of model '{graph.name}' (nested "
+            f"models included). Received names that do not exist: {missing}"
+        )
+    collapsible = {_name(node.layer) for node, spec in found if _is_collapsible(spec)}
+    not_activations = sorted(names - collapsible)
+    if not_activations:
+        raise ValueError(
+            "`layer_names` must name layers holding a collapsible elementwise "
+            f"activation, among {sorted(collapsible)}. Received: "
+            f"{not_activations} (not activations, not elementwise, or a ReLU "
+            "with a nonzero threshold)"
+        )
+
+
+def _matches(node, spec, kinds_, names, predicate):
+    return (
+        (kinds_ is None or spec.kind in kinds_)
+        and (names is None or _name(node.layer) in names)
+        and (predicate is None or bool(predicate(node.layer)))
+    )
+
+
+def _default_choice(graph, found):
+    readers = graph.consumers()
+    return [
+        (node, spec)
+        for node, spec in found
+        if spec.kind in DEFAULT_KINDS
+        and not any(_is_gate_or_output(r) for r in readers.get(Ref(node.id), []))
+    ]
+
+
+def _is_gate_or_output(reader):
+    if reader is None:
+        return True
+    layer = reader.layer
+    if isinstance(layer, keras.layers.Layer):
+        return isinstance(layer, keras.layers.Multiply)
+    return type(layer).__name__ == "Multiply"
+
+
+def _is_collapsible(spec):
+    return not spec.kwargs.get("threshold")
+
+
+def _collapsible_only(chosen):
+    thresholded = [_name(n.layer) for n, spec in chosen if not _is_collapsible(spec)]
+    if thresholded:
+        warnings.warn(
+            f"Left {thresholded} unchanged: a ReLU with a nonzero `threshold` is "
+            "not collapsible.",
+            stacklevel=3,
+        )
+    return [(node, spec) for node, spec in chosen if _is_collapsible(spec)]
+
+
+def _whole_layers(graph, chosen):
+    """Drops layers chosen at only some of the places they are called."""
+    calls = collections.Counter(id(n.layer) for n in graph.layer_nodes())
+    picked = collections.Counter(id(n.layer) for n, _ in chosen)
+    partial = sorted(
+        {_name(n.layer) for n, _ in chosen if picked[id(n.layer)] != calls[id(n.layer)]}
+    )
+    if partial:
+        warnings.warn(
+            f"Left {partial} unchanged: each is called at several places and was "
+            "chosen at only some of them.",
+            stacklevel=3,
+        )
+    return [(n, s) for n, s in chosen if picked[id(n.layer)] == calls[id(n.layer)]]
+
+
+# ---------------------------------------------------------------- converting
+def _convert(graph, chosen, alpha_regularizer, shared_axes):
+    names = _NameBook(graph, [n for n, _ in chosen if not is_fused_activation(n.layer)])
+    replacements, linear_clones = {}, {}
+    for node, spec in chosen:
+        source = node.layer
+        fused = is_fused_activation(source)
+        if id(source) not in replacements:
+            name = names.take(f"{source.name}_{spec.kind}" if fused else _name(source))
+            replacements[id(source)] = _collapsible_layer(
+                source, spec, name, alpha_regularizer, shared_axes
+            )
+        collapsible = replacements[id(source)]
+        if fused:
+            if id(source) not in linear_clones:
+                linear_clones[id(source)] = _without_activation(source)
+            _split(graph, node, linear_clones[id(source)], collapsible)
+        else:
+            (ref,) = node.input_refs
+            node.layer, node.args, node.kwargs = collapsible, (ref,), {}
+        if spec.alpha is not None:
+            node.weights = [spec.alpha, np.zeros((), "float32")]
+
+
+def _collapsible_layer(source, spec, name, alpha_regularizer, shared_axes):
+    options = {"alpha_regularizer": alpha_regularizer, "name": name}
+    if isinstance(source, keras.layers.Layer):
+        options["dtype"] = source.dtype_policy
+    if spec.alpha is not None:
+        return CollapsiblePReLU(shared_axes=source.shared_axes, **options)
+    if spec.name == "relu" and not spec.kwargs:
+        return CollapsiblePReLU(shared_axes=shared_axes, **options)
+    return CollapsibleActivation(
+        spec.name, spec.kwargs, shared_axes=shared_axes, **options
+    )
+
+
+def _without_activation(layer):
+    """A new layer like `layer`, same name, with `activation="linear"`.
+
+    Its initializers, regularizers and constraints are `layer`'s own objects
+    rather than their serialized configs, which a custom class not registered
+    with Keras could not be re-created from.
+    """
+    config = {**layer.get_config(), "activation": "linear"}
+    for key in config:
+        value = getattr(layer, key, None)
+        if isinstance(value, _SUB_OBJECTS):
+            config[key] = value
+    return type(layer).from_config(config)
+
+
+def _split(graph, node, linear, collapsible):
+    """Makes `node` call `linear` and inserts `collapsible` after it."""
+    node.weights = node.layer.get_weights()
+    node.layer = linear
+    after = graph.add(collapsible, shapes=node.shapes, dtypes=node.dtypes)
+    graph.replace_uses(Ref(node.id), Ref(after.id))
+    after.args = (Ref(node.id),)
+
+
+class _NameBook:
+    """Unique operation names: Keras requires them within a model."""
+
+    def __init__(self, graph, replaced):
+        gone = {id(n.layer) for n in replaced}
+        self.used = {
+            _name(n.layer) for n in graph.layer_nodes() if id(n.layer) not in gone
+        }
+
+    def take(self, name):
+        candidate, i = name, 0
+        while candidate in self.used:
+            i += 1
+            candidate = f"{name}_{i}"
+        self.used.add(candidate)
+        return candidate
+
+
+def _name(layer):
+    return getattr(layer, "name", type(layer).__name__)

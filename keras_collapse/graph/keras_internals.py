@@ -1,0 +1,61 @@
+"""The only module that reads Keras' private graph structures.
+
+Keras 3 has no public API to walk the nodes of a functional graph with their
+call arguments; `keras.models.clone_model` rebuilds a graph but cannot merge
+two layers into one. What is read here (pinned by tests/graph/test_ir.py):
+`Functional._nodes_by_depth`, `_inputs_struct`, `_outputs_struct`,
+`Sequential._functional`, and `Node.operation / arguments / outputs / is_input`.
+"""
+
+import keras
+
+
+def functional_of(model):
+    """Returns the functional graph behind `model`, or raises a helpful error."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Expected a keras.Model. Received: {model!r} of type "
+            f"{type(model).__name__}"
+        )
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)
+        if functional is None:
+            raise ValueError(
+                f"Sequential model '{model.name}' has no known input shape, so its "
+                "graph does not exist yet. Start it with `keras.Input(shape)` or "
+                "call `model.build(input_shape)` first."
+            )
+        return functional
+    if not hasattr(model, "_nodes_by_depth") or not hasattr(model, "_inputs_struct"):
+        raise ValueError(
+            f"Model '{model.name}' of class {type(model).__name__} is a subclassed "
+            "model: its layers are wired by Python code in `call()`, which cannot "
+            "be read or rebuilt. Build it with the functional API "
+            "(`keras.Model(inputs, outputs)`) or `keras.Sequential` instead, "
+            "e.g. by calling its layers on `keras.Input` tensors."
+        )
+    return model
+
+
+def graph_nodes(functional):
+    """Yields `(operation, args, kwargs, outputs)` for each non-input node,
+    in an order where every node comes after the nodes it reads from."""
+    by_depth = functional._nodes_by_depth
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            yield (
+                node.operation,
+                node.arguments.args,
+                node.arguments.kwargs,
+                node.outputs,
+            )
+
+
+def input_structure(functional):
+    return functional._inputs_struct
+
+
+def output_structure(functional):
+    return functional._outputs_struct

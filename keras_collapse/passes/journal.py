@@ -1,0 +1,27 @@
+"""The record of what the passes did, and of what they chose not to do."""
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class Entry:
+    kind: str  # e.g. "fold_bn", "merge", "remove_identity", "cut_channels"
+    layers: tuple  # names of the layers involved
+    detail: str
+
+
+class Journal:
+    """Collects `done` and `skipped` entries, in the order they happened."""
+
+    def __init__(self):
+        self.done = []
+        self.skipped = []
+
+    def did(self, kind, layers, detail=""):
+        self.done.append(Entry(kind, tuple(layers), detail))
+
+    def skip(self, kind, layers, reason):
+        self.skipped.append(Entry(kind, tuple(layers), reason))
+
+    def count(self, kind):
+        return sum(entry.kind == kind for entry in self.done)

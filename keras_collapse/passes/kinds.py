@@ -1,0 +1,98 @@
+"""What a node of the graph is: linear op, BatchNorm, activation, identity.
+
+Exact types are matched on purpose: a subclass of Conv2D may override `call`,
+so only the stock layers are taken apart; anything else passes through.
+"""
+
+import keras
+
+from keras_collapse.layers import CollapsibleActivation
+
+CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D)
+DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+IDENTITY_AT_INFERENCE = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
+)
+# Raw `keras.ops` activations in a functional graph, by operation class name.
+OP_ACTIVATIONS = {
+    "Relu": "relu",
+    "Relu6": "relu6",
+    "Gelu": "gelu",
+    "Silu": "silu",
+    "LeakyRelu": "leaky_relu",
+    "Elu": "elu",
+    "Selu": "selu",
+    "Softplus": "softplus",
+    "HardSilu": "hard_silu",
+    "Sigmoid": "sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "Tanh": "tanh",
+}
+
+
+def is_conv(layer):
+    return (
+        type(layer) in CONV_TYPES
+        and layer.data_format == "channels_last"
+        and layer.groups == 1
+        and all(d == 1 for d in layer.dilation_rate)
+    )
+
+
+def is_depthwise(layer):
+    return (
+        type(layer) in DEPTHWISE_TYPES
+        and layer.data_format == "channels_last"
+        and all(d == 1 for d in layer.dilation_rate)
+    )
+
+
+def is_dense(layer):
+    return type(layer) is keras.layers.Dense and layer.lora_rank is None
+
+
+def is_linear_op(layer):
+    """A stock Conv/Depthwise/Dense whose fused activation is the identity."""
+    return (is_conv(layer) or is_depthwise(layer) or is_dense(layer)) and (
+        activation_name(layer.activation) == "linear"
+    )
+
+
+def is_batchnorm(layer):
+    return type(layer) is keras.layers.BatchNormalization
+
+
+def activation_name(fn):
+    """The name of an activation function ('linear', 'relu', ...).
+
+    Keras' activations are plain functions named after themselves (`swish`
+    resolves to `silu`); `keras.activations.serialize` gives the same answer
+    but is ~1000x slower.
+    """
+    return getattr(fn, "__name__", None) or keras.activations.serialize(fn)
+
+
+def is_identity_at_inference(node):
+    """Layers that return their input at inference (unless forced to train)."""
+    layer = node.layer
+    if node.kwargs.get("training") is True:
+        return False
+    if isinstance(layer, IDENTITY_AT_INFERENCE):
+        return True
+    if type(layer) is keras.layers.Activation:
+        return activation_name(layer.activation) == "linear"
+    if isinstance(layer, CollapsibleActivation):
+        return layer.is_linear
+    return False
+
+
+def is_collapsible(layer):
+    return isinstance(layer, CollapsibleActivation)

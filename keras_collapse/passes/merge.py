@@ -1,0 +1,318 @@
+"""Merging runs of linear layers into one, and residuals into kernels.
+
+A *run* is a chain Conv/Depthwise/Dense -> ... -> Conv/Depthwise/Dense where
+every layer but the last has no activation and is read only by the next.
+Each run is cut into segments by dynamic programming so that the total cost
+(`cost_model`) is smallest; a segment of several layers becomes one layer.
+
+For composing, a depthwise kernel is written as the equivalent dense kernel
+and a Dense on an image as a 1x1 conv; the merged layer is a Conv (or Dense).
+Which compositions are exact (methods.md, "Merging algebra"):
+- "valid" -> "valid": always.
+- anything -> 1x1 stride 1: always (a 1x1 sees no padding).
+- 1x1 stride 1 -> "same" k x k: exact when the 1x1 has no bias; otherwise a
+  `BiasMap` (static input size needed) carries the border-aware bias.
+- "same" k x k -> "same" k x k (stride 1): exact only away from the border;
+  taken only with `exact=False`.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from keras_collapse import algebra
+from keras_collapse.graph import Ref
+from keras_collapse.layers.bias_map import BiasMap
+from keras_collapse.layers.bias_map import is_uniform
+from keras_collapse.passes import kinds
+from keras_collapse.passes import rewrite
+
+# Unknown spatial sizes are priced as if they were this large.
+NOMINAL_SIZE = 32
+
+
+@dataclasses.dataclass
+class LinearOp:
+    """A linear layer in composable form: dense kernel `[k.., in, out]` (no
+    spatial axes for a Dense on vectors), bias vector or `[spatial.., out]`
+    map, strides and padding."""
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    strides: tuple
+    padding: str
+    exact: bool = True
+
+    @property
+    def rank(self):
+        return self.kernel.ndim - 2
+
+    @property
+    def pointwise_stride1(self):
+        return all(k == 1 for k in self.kernel.shape[:-2]) and all(
+            s == 1 for s in self.strides
+        )
+
+    @property
+    def has_bias_map(self):
+        return self.bias.ndim > 1
+
+
+def _dense_from_depthwise(dw):
+    """`[k.., C, m]` depthwise kernel -> the dense `[k.., C, C*m]` kernel."""
+    *taps, channels, mult = dw.shape
+    dense = np.zeros((*taps, channels, channels * mult))
+    for c in range(channels):
+        dense[..., c, c * mult : (c + 1) * mult] = dw[..., c, :]
+    return dense
+
+
+def linear_op(node):
+    """The `LinearOp` of a Conv/Depthwise/Dense node, or None."""
+    layer = node.layer
+    if not (kinds.is_conv(layer) or kinds.is_depthwise(layer) or kinds.is_dense(layer)):
+        return None
+    kernel, bias = rewrite.kernel_and_bias(node)
+    if kinds.is_dense(layer):
+        rank = len(node.shape) - 2
+        kernel = kernel.reshape((1,) * rank + kernel.shape)
+        return LinearOp(kernel, bias, (1,) * rank, "valid")
+    if kinds.is_depthwise(layer):
+        kernel = _dense_from_depthwise(kernel)
+    return LinearOp(kernel, bias, tuple(layer.strides), layer.padding)
+
+
+def compose(a, b, b_input_shape, exact):
+    """`a` then `b` as one LinearOp; or `(None, reason)`."""
+    if a.rank != b.rank:
+        return None, "ranks differ"
+    if b.pointwise_stride1:
+        k2 = b.kernel.reshape(b.kernel.shape[-2:])
+        kernel = a.kernel @ k2  # per tap: exact for any padding and stride of `a`
+        return LinearOp(
+            kernel, a.bias @ k2 + b.bias, a.strides, a.padding, a.exact
+        ), None
+    if a.has_bias_map:
+        return None, "a border-aware bias can only flow into a 1x1 conv"
+    if a.padding == "valid" and b.padding == "valid":
+        kernel, bias, strides = algebra.compose_conv(
+            a.kernel, a.bias, a.strides, b.kernel, b.bias, b.strides
+        )
+        return LinearOp(kernel, bias, strides, "valid", a.exact and b.exact), None
+    if a.pointwise_stride1:
+        both_exact = a.exact and b.exact
+        if b.padding == "valid" or not np.any(a.bias):
+            kernel, bias, strides = algebra.compose_conv(
+                a.kernel, a.bias, 1, b.kernel, b.bias, b.strides
+            )
+            return LinearOp(kernel, bias, strides, b.padding, both_exact), None
+        kernel, bias, strides = algebra.compose_conv(
+            a.kernel, None, 1, b.kernel, b.bias, b.strides
+        )
+        spatial = b_input_shape[1:-1]
+        if any(d is None for d in spatial):
+            return None, "exact needs a bias map, which needs a static input size"
+        bias_map = bias + algebra.same_padding_bias_map(
+            a.bias, b.kernel, spatial, b.strides
+        )
+        return LinearOp(kernel, bias_map, strides, "same", both_exact), None
+    if (
+        a.padding == b.padding == "same"
+        and all(s == 1 for s in a.strides + b.strides)
+        and all(k % 2 for k in a.kernel.shape[:-2] + b.kernel.shape[:-2])
+    ):
+        if exact:
+            return None, "'same' k x k into k x k is exact only away from the border"
+        kernel, bias, strides = algebra.compose_conv(
+            a.kernel, a.bias, 1, b.kernel, b.bias, 1
+        )
+        return LinearOp(kernel, bias, strides, "same", exact=False), None
+    return (
+        None,
+        f"no exact merge of '{a.padding}' into '{b.padding}' with these strides",
+    )
+
+
+def _positions(shape):
+    return math.prod(NOMINAL_SIZE if d is None else d for d in shape[1:-1])
+
+
+def _original_cost(node, cost_model):
+    layer = node.layer
+    kind = (
+        "depthwise"
+        if kinds.is_depthwise(layer)
+        else ("dense" if kinds.is_dense(layer) else "conv")
+    )
+    kernel, _ = rewrite.kernel_and_bias(node)
+    return cost_model(kind, kernel.shape, _positions(node.shape))
+
+
+def _merged_cost(op, out_shape, cost_model):
+    kind = "conv" if op.rank else "dense"
+    return cost_model(kind, op.kernel.shape, _positions(out_shape))
+
+
+def find_runs(graph):
+    """Maximal chains of Conv/Depthwise/Dense nodes that can merge pairwise."""
+    readers = graph.consumers()
+    ops = {n.id: n for n in graph.layer_nodes() if linear_op_kind(n)}
+
+    def next_of(node):
+        if kinds.activation_name(node.layer.activation) != "linear":
+            return None
+        users = readers.get(Ref(node.id), [])
+        if len(users) != 1 or users[0] is None or users[0].id not in ops:
+            return None
+        nxt = users[0]
+        return nxt if nxt.input_refs == [Ref(node.id)] and not nxt.kwargs else None
+
+    has_prev = {nxt.id for n in ops.values() if (nxt := next_of(n)) is not None}
+    runs = []
+    for node in ops.values():
+        if node.id in has_prev:
+            continue
+        run = [node]
+        while (nxt := next_of(run[-1])) is not None:
+            run.append(nxt)
+        if len(run) > 1:
+            runs.append(run)
+    return runs
+
+
+def linear_op_kind(node):
+    layer = node.layer
+    return (
+        kinds.is_conv(layer) or kinds.is_depthwise(layer) or kinds.is_dense(layer)
+    ) and (
+        len(node.input_refs) == 1
+        and len(node.shapes) == 1
+        and None not in node.shape[-1:]
+    )
+
+
+def merge_runs(graph, journal, cost_model, exact=True):
+    """Merges the segments of every run that lower the cost. Returns the
+    number of layers removed."""
+    removed = 0
+    for run in find_runs(graph):
+        for segment, op in _best_segments(graph, run, journal, cost_model, exact):
+            _emit(graph, segment, op, journal)
+            removed += len(segment) - 1
+    return removed
+
+
+def _best_segments(graph, run, journal, cost_model, exact):
+    n = len(run)
+    ops = [linear_op(node) for node in run]
+    merged = {}  # (i, j) -> LinearOp covering run[i:j], j - i >= 2
+    reasons = {}
+    for i in range(n):
+        op = ops[i]
+        for j in range(i + 1, n):
+            in_shape = graph.producer(run[j].input_refs[0]).shape
+            op, reason = compose(op, ops[j], in_shape, exact)
+            if op is None:
+                reasons[(i, j)] = reason
+                break
+            merged[(i, j + 1)] = op
+    best = [0.0] + [math.inf] * n
+    choice = [None] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            if j - i == 1:
+                cost = _original_cost(run[i], cost_model)
+            elif (i, j) in merged:
+                cost = _merged_cost(merged[(i, j)], run[j - 1].shape, cost_model)
+            else:
+                continue
+            # Ties go to the longer segment: fewer layers for the same MACs.
+            if best[i] + cost < best[j] or (best[i] + cost == best[j] and j - i > 1):
+                best[j], choice[j] = best[i] + cost, i
+    segments, j = [], n
+    while j > 0:
+        i = choice[j]
+        if j - i > 1:
+            segments.append((run[i:j], merged[(i, j)]))
+        j = i
+    names = [node.layer.name for node in run]
+    if not segments:
+        why = "; ".join(sorted(set(reasons.values()))) or "merging would cost more"
+        journal.skip("merge", names, why)
+    return segments[::-1]
+
+
+def _emit(graph, segment, op, journal):
+    """Replaces the nodes of `segment` by one layer computing `op`.
+
+    The merged layer keeps the last layer's fused activation, unless a
+    border-aware bias map must come between: then Conv -> BiasMap ->
+    Activation.
+    """
+    first, last = segment[0], segment[-1]
+    names = [n.layer.name for n in segment]
+    source = first.input_refs[0]
+    activation = last.layer.activation
+    bias_map = op.bias if op.has_bias_map and not is_uniform(op.bias) else None
+    bias = op.bias if not op.has_bias_map else op.bias.reshape(-1, op.bias.shape[-1])[0]
+    dtype = last.layer.dtype_policy
+    name = rewrite.unique_name(graph, "_".join(n.layer.name for n in (first, last)))
+    common = dict(
+        use_bias=bias_map is None,
+        activation=activation if bias_map is None else "linear",
+        dtype=dtype,
+        name=name,
+    )
+    if all(kinds.is_dense(n.layer) for n in segment):
+        kernel = op.kernel.reshape(op.kernel.shape[-2:])
+        layer = keras.layers.Dense(kernel.shape[-1], **common)
+    else:
+        kernel = op.kernel
+        conv = keras.layers.Conv1D if op.rank == 1 else keras.layers.Conv2D
+        layer = conv(
+            kernel.shape[-1],
+            kernel.shape[:-2],
+            strides=op.strides,
+            padding=op.padding,
+            **common,
+        )
+    weights = [rewrite.cast_like(kernel, layer)]
+    for node in segment[:-1]:
+        del graph.nodes[node.id]
+    if bias_map is None:
+        weights.append(rewrite.cast_like(bias, layer))
+        last.layer, last.args, last.kwargs, last.weights = layer, (source,), {}, weights
+    else:
+        linear = graph.add(
+            layer, (source,), shapes=last.shapes, dtypes=last.dtypes, weights=weights
+        )
+        adder = BiasMap(
+            bias_map.shape, dtype=dtype, name=rewrite.unique_name(graph, name + "_bias")
+        )
+        last_args = (Ref(linear.id),)
+        if kinds.activation_name(activation) != "linear":
+            biased = graph.add(
+                adder,
+                last_args,
+                shapes=last.shapes,
+                dtypes=last.dtypes,
+                weights=[rewrite.cast_like(bias_map, adder)],
+            )
+            adder, last_args = (
+                keras.layers.Activation(
+                    activation,
+                    dtype=dtype,
+                    name=rewrite.unique_name(graph, name + "_act"),
+                ),
+                (Ref(biased.id),),
+            )
+            weights = None
+        else:
+            weights = [rewrite.cast_like(bias_map, adder)]
+        last.layer, last.args, last.kwargs, last.weights = adder, last_args, {}, weights
+    detail = "exact" if op.exact else "interior-only (border differs)"
+    if bias_map is not None:
+        detail += ", border-aware bias map"
+    journal.did("merge", names, f"{len(segment)} -> 1 layer, {detail}")

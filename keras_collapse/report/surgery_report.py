@@ -1,0 +1,83 @@
+"""What a surgery did, in numbers and in words."""
+
+import dataclasses
+
+from keras_collapse.report.latency import measure_latency
+from keras_collapse.report.table import format_entries
+from keras_collapse.report.table import format_latency
+from keras_collapse.report.table import format_stats_table
+
+
+@dataclasses.dataclass
+class SurgeryReport:
+    """Before/after statistics and the record of a `surgery`.
+
+    Attributes:
+        before, after: `ModelStats` (depth, activations, params, MACs, layers).
+        done: list of `Entry(kind, layers, detail)`: folds, merges, cuts.
+        skipped: list of `Entry`: what was not done, and why.
+        exact: bool, whether only everywhere-exact merges were allowed.
+        deviation: float or None, measured `max|a - b| / max|a|` on random
+            inputs (None if not verified).
+        tolerance: float, the tolerance `deviation` was checked against.
+        latency: dict or None, filled by `measure_latency()`.
+    """
+
+    before: object
+    after: object
+    done: list
+    skipped: list
+    exact: bool
+    deviation: float | None
+    tolerance: float
+    models: tuple = dataclasses.field(repr=False, default=())
+    latency: dict | None = None
+
+    def count(self, kind):
+        """Number of actions of a kind ("fold_bn", "merge", "cut_channels", ...)."""
+        return sum(entry.kind == kind for entry in self.done)
+
+    def measure_latency(self, batch_sizes=(1, 64), repeats=20, input_shape=None):
+        """Times the input model and the result, interleaved, and stores and
+        returns the result (ratios are input time / result time)."""
+        self.latency = measure_latency(
+            list(self.models),
+            batch_sizes=batch_sizes,
+            repeats=repeats,
+            input_shape=input_shape,
+        )
+        return self.latency
+
+    def as_dict(self):
+        return {
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "done": [dataclasses.asdict(e) for e in self.done],
+            "skipped": [dataclasses.asdict(e) for e in self.skipped],
+            "exact": self.exact,
+            "deviation": self.deviation,
+            "tolerance": self.tolerance,
+            "latency": self.latency,
+        }
+
+    def summary(self):
+        mode = "exact" if self.exact else "inexact (border merges allowed)"
+        if self.deviation is None:
+            check = "not verified"
+        else:
+            check = (
+                f"max relative deviation {self.deviation:.2e} "
+                f"(tolerance {self.tolerance:g})"
+            )
+        parts = [
+            f"Surgery ({mode}): {check}",
+            format_stats_table(self.before, self.after),
+            format_entries(self.done, "Done"),
+            format_entries(self.skipped, "Not done"),
+        ]
+        if self.latency:
+            parts.append(format_latency(self.latency))
+        return "\n\n".join(parts)
+
+    def __str__(self):
+        return self.summary()

@@ -1,0 +1,168 @@
+"""Plain-text tables of model statistics, surgery entries and latencies.
+
+Pure functions returning `str`, laid out like `model.summary()`: a title, a
+header, a rule, then rows, with column widths computed from the contents.
+"""
+
+import math
+
+from keras_collapse.report.stats import ModelStats
+
+_STAT_ROWS = (
+    ("Depth (weight layers)", "depth"),
+    ("Activations", "activations"),
+    ("Parameters", "params"),
+    ("MACs per sample", "macs"),
+    ("Layers", "layers"),
+)
+
+
+def format_stats_table(before, after, title="Model statistics"):
+    """Compares two `ModelStats`, row by row.
+
+    Args:
+        before: ModelStats. The model before surgery.
+        after: ModelStats. The model after surgery.
+        title: str. First line of the table. Defaults to "Model statistics".
+
+    Returns:
+        str. One row per statistic: before, after, and the change in percent,
+        followed by the notes of either model, if any.
+
+    Raises:
+        ValueError: if `before` or `after` is not a ModelStats.
+
+    Example:
+
+    >>> print(format_stats_table(before, after))  # depth 20 -> 11: "-45.0%"
+    """
+    for name, stats in (("before", before), ("after", after)):
+        if not isinstance(stats, ModelStats):
+            raise ValueError(
+                f"`{name}` must be a ModelStats (from `model_stats`). Received: "
+                f"{type(stats).__name__}"
+            )
+    rows = [
+        (
+            label,
+            f"{getattr(before, field):,}",
+            f"{getattr(after, field):,}",
+            _change(getattr(before, field), getattr(after, field)),
+        )
+        for label, field in _STAT_ROWS
+    ]
+    table = _table(title, ("", "Before", "After", "Change"), rows, "<>>>")
+    notes = [f"Note (before): {n}" for n in before.notes] + [
+        f"Note (after): {n}" for n in after.notes
+    ]
+    return "\n".join([table, *notes])
+
+
+def format_entries(entries, title):
+    """Lists surgery journal entries (`Entry(kind, layers, detail)`).
+
+    Args:
+        entries: list of Entry. E.g. `journal.done` or `journal.skipped`.
+        title: str. First line of the table; the entry count is appended.
+
+    Returns:
+        str. One numbered row per entry, or the title and "(none)".
+
+    Raises:
+        ValueError: if an entry has no `kind`, `layers` and `detail`.
+
+    Example:
+
+    >>> print(format_entries(journal.done, "Done"))
+    """
+    for entry in entries:
+        if not all(hasattr(entry, a) for a in ("kind", "layers", "detail")):
+            raise ValueError(
+                "Expected journal entries with `kind`, `layers` and `detail` "
+                f"(keras_collapse.passes.journal.Entry). Received: {entry!r}"
+            )
+    if not entries:
+        return f"{title}: (none)"
+    rows = [
+        (str(i), e.kind, ", ".join(e.layers), e.detail)
+        for i, e in enumerate(entries, start=1)
+    ]
+    return _table(f"{title} ({len(entries)})", ("#", "Kind", "Layers", "Detail"), rows)
+
+
+def format_latency(result, title="Latency"):
+    """Tabulates a `measure_latency` result: one row per model, one column
+    per batch size, each cell the median time per batch and the speedup.
+
+    Args:
+        result: dict. What `measure_latency` returned.
+        title: str. Start of the first line, which also gives the backend and
+            the number of repeats. Defaults to "Latency".
+
+    Returns:
+        str.
+
+    Raises:
+        ValueError: if `result` lacks the keys `measure_latency` returns.
+
+    Example:
+
+    >>> print(format_latency(measure_latency([model, collapsed])))
+    """
+    keys = ("backend", "batch_sizes", "repeats", "reference", "models")
+    if not isinstance(result, dict) or not all(k in result for k in keys):
+        raise ValueError(
+            f"Expected the dict returned by `measure_latency`, with keys {keys}. "
+            f"Received: {result!r}"
+        )
+    sizes = result["batch_sizes"]
+    header = ("Model", *(f"batch {size}" for size in sizes))
+    rows = [
+        (
+            label,
+            *(
+                f"{_milliseconds(entry['seconds'][size])}  "
+                f"{entry['speedup'][size]:.2f}x"
+                for size in sizes
+            ),
+        )
+        for label, entry in result["models"].items()
+    ]
+    heading = (
+        f"{title} ({result['backend']}, median of {result['repeats']} runs per "
+        f"batch; speedup vs '{result['reference']}')"
+    )
+    return _table(heading, header, rows, "<" + ">" * len(sizes))
+
+
+def _change(before, after):
+    if before == after:
+        return "0.0%"
+    if before == 0:
+        return "n/a"
+    return f"{100 * (after - before) / before:+.1f}%"
+
+
+def _milliseconds(seconds):
+    """3 significant digits in ms: '0.0851 ms', '1.23 ms', '123 ms'."""
+    ms = seconds * 1e3
+    if ms <= 0 or not math.isfinite(ms):
+        return f"{ms} ms"
+    decimals = max(0, 2 - math.floor(math.log10(ms)))
+    return f"{ms:.{decimals}f} ms"
+
+
+def _table(title, header, rows, align=None):
+    """Lays out `rows` under `header`; `align` has one '<' or '>' per column."""
+    align = align or "<" * len(header)
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(
+            f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=True)
+        ).rstrip()
+
+    rule = "=" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join(
+        [title, rule, line(header), "-" * len(rule)] + [line(r) for r in rows] + [rule]
+    )

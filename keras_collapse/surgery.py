@@ -1,0 +1,137 @@
+"""`surgery`: rebuild a model with its linear runs merged, and prove it."""
+
+from keras_collapse.cost_model import MacCostModel
+from keras_collapse.graph import Graph
+from keras_collapse.passes.batchnorm import fold_batchnorms
+from keras_collapse.passes.dead_channels import remove_dead_channels
+from keras_collapse.passes.identities import remove_identities
+from keras_collapse.passes.journal import Journal
+from keras_collapse.passes.merge import merge_runs
+from keras_collapse.passes.plain import restore_plain_activations
+from keras_collapse.passes.residual import absorb_residuals
+from keras_collapse.report.stats import model_stats
+from keras_collapse.report.surgery_report import SurgeryReport
+from keras_collapse.verify import VerificationError
+from keras_collapse.verify import output_deviation
+from keras_collapse.verify import random_inputs
+
+# Merging can open new merges (a residual absorbed into a conv makes it part of
+# a longer run); a few rounds reach the fixed point on every model seen.
+_MAX_ROUNDS = 8
+
+
+def surgery(
+    model,
+    *,
+    merge=True,
+    cut_dead_channels=True,
+    exact=True,
+    cost_model=None,
+    verify=True,
+    tolerance=1e-5,
+    input_shape=None,
+    return_report=False,
+    verbose=False,
+):
+    """Returns a new, shallower model computing what `model` computes.
+
+    The input model is never modified. In order, the surgery:
+    1. removes layers that are the identity at inference (Dropout and friends,
+       `Identity`, `Activation("linear")`) and collapsible activations that
+       are linear (alpha = 1, or locked by `lock_linear` / a callback);
+    2. folds BatchNormalization into the adjacent Conv/Dense where exact;
+    3. cuts channels that are exactly zero (e.g. a TLC OFF channel, whose BN
+       has gamma = beta = 0) from their producer and every consumer;
+    4. merges runs of linear layers (Dense∘Dense, Conv∘Conv, depthwise∘1x1,
+       1x1∘depthwise, ...) where the merged layer costs no more than the run
+       (`cost_model`), and absorbs identity / 1x1 residual `Add`s into the
+       merged kernel;
+    5. turns the remaining collapsible activations back into plain Keras
+       layers (ReLU, PReLU, Activation), so the result loads without
+       keras_collapse unless an exact merge needed a `BiasMap`.
+
+    Args:
+        model: a Functional or Sequential `keras.Model` (nested models are
+            flattened). Subclassed models cannot be rebuilt.
+        merge: bool, whether to merge linear runs and residuals (step 4).
+            `merge=False, cut_dead_channels=False` gives the BN-folded model,
+            the baseline to compare against. Defaults to `True`.
+        cut_dead_channels: bool, step 3. Defaults to `True`.
+        exact: bool. If True, only merges that are exact everywhere are
+            taken. If False, "same"-padded k x k into k x k merges, exact only
+            away from the image border, are allowed (when the cost model
+            agrees) and the measured deviation is reported. Defaults to `True`.
+        cost_model: callable `(kind, kernel_shape, output_positions) -> cost`;
+            see `MacCostModel`. Defaults to `MacCostModel()` (MACs).
+        verify: bool. Run both models on random inputs and raise
+            `VerificationError` if they differ by more than `tolerance` (exact
+            mode), or record the deviation (inexact mode). Defaults to `True`.
+        tolerance: float, largest allowed `max|a - b| / max|a|` over the
+            outputs. Defaults to `1e-5`.
+        input_shape: shape (without batch) to use where the model's input has
+            unknown sizes, for verification; or a list, one per input.
+            Defaults to `None` (unknown sizes become 32).
+        return_report: bool. Return `(model, SurgeryReport)`. Defaults to
+            `False`.
+        verbose: bool. Print the report. Defaults to `False`.
+
+    Returns:
+        The new `keras.Model`, or `(model, report)` with `return_report=True`.
+
+    Raises:
+        ValueError: if the model cannot be read (subclassed, unbuilt) or an
+            argument is invalid.
+        VerificationError: if `verify` finds the result differs in exact mode.
+
+    Example:
+
+    >>> small, report = keras_collapse.surgery(model, return_report=True)
+    >>> print(report)  # depth, activations, params, MACs before/after
+    """
+    if not isinstance(tolerance, (int, float)) or not tolerance > 0:
+        raise ValueError(f"`tolerance` must be a number > 0. Received: {tolerance!r}")
+    cost_model = cost_model or MacCostModel()
+    if not callable(cost_model):
+        raise ValueError(
+            "`cost_model` must be callable as cost_model(kind, kernel_shape, "
+            f"output_positions). Received: {cost_model!r}"
+        )
+    graph = Graph.from_model(model)
+    journal = Journal()
+    remove_identities(graph, journal)
+    fold_batchnorms(graph, journal)
+    if cut_dead_channels:
+        remove_dead_channels(graph, journal)
+    if merge:
+        for _ in range(_MAX_ROUNDS):
+            changed = merge_runs(graph, journal, cost_model, exact)
+            changed += absorb_residuals(graph, journal)
+            if not changed:
+                break
+    restore_plain_activations(graph, journal)
+    result = graph.to_model(name=model.name)
+
+    deviation = None
+    if verify:
+        inputs = random_inputs(model, input_shape)
+        deviation = output_deviation(model, result, inputs)
+        if exact and not deviation <= tolerance:
+            raise VerificationError(
+                f"The surgery result differs from model '{model.name}': relative "
+                f"deviation {deviation:.3g} > tolerance {tolerance:g} on random "
+                "inputs. This is a bug in keras_collapse; please report it with "
+                "the model. `surgery(..., verify=False)` skips the check."
+            )
+    report = SurgeryReport(
+        before=model_stats(model, input_shape=input_shape),
+        after=model_stats(result, input_shape=input_shape),
+        done=journal.done,
+        skipped=journal.skipped,
+        exact=exact,
+        deviation=deviation,
+        tolerance=tolerance,
+        models=(model, result),
+    )
+    if verbose:
+        print(report)
+    return (result, report) if return_report else result
