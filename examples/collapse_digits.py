@@ -111,11 +111,11 @@ def main():
     parser.add_argument(
         "--dataset", choices=["auto", "digits", "fashion_mnist"], default="auto"
     )
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument(
         "--factor",
         type=float,
-        default=0.5,
+        default=2.0,
         help="LinearityRegularizer factor per activation",
     )
     parser.add_argument(
@@ -130,8 +130,11 @@ def main():
     x_train, y_train, x_test, y_test, data_name = load_data(args.dataset)
     print(f"backend {keras.backend.backend()}, data: {data_name}")
     model = build_model(x_train.shape[1:], args.factor)
+    steps = args.epochs * -(-len(x_train) // 32)
+    # Decaying to zero settles BatchNorm statistics and the alphas at the end.
+    schedule = keras.optimizers.schedules.CosineDecay(5e-3, decay_steps=steps)
     model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
+        optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -140,7 +143,7 @@ def main():
         x_train,
         y_train,
         epochs=args.epochs,
-        batch_size=64,
+        batch_size=32,
         verbose=2,
         validation_data=(x_test, y_test),
     )

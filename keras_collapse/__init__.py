@@ -4,11 +4,15 @@ from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.collapsible import lock_linear
 from keras_collapse.collapsible import lock_near_linear
 from keras_collapse.collapsible import sync_training_state
+from keras_collapse.convert import make_collapsible
 from keras_collapse.cost_model import MacCostModel
 from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.regularizers import LinearityRegularizer
+from keras_collapse.report import SurgeryReport
+from keras_collapse.report import measure_latency
+from keras_collapse.report import model_stats
 from keras_collapse.surgery import surgery
 from keras_collapse.verify import VerificationError
 from keras_collapse.version import __version__
@@ -19,11 +23,15 @@ __all__ = [
     "CollapsiblePReLU",
     "LinearityRegularizer",
     "MacCostModel",
+    "SurgeryReport",
     "VerificationError",
     "__version__",
     "collapsible_layers",
     "lock_linear",
     "lock_near_linear",
+    "make_collapsible",
+    "measure_latency",
+    "model_stats",
     "surgery",
     "sync_training_state",
 ]

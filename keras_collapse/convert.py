@@ -36,23 +36,6 @@ FUSED_TYPES = (
     keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D,
 )
-# Raw activation operations missing from `kinds.OP_ACTIVATIONS`; "ReLU" is what
-# `keras.activations.relu` adds to a functional graph (it carries
-# `negative_slope`, `max_value` and `threshold`).
-_MORE_OP_ACTIVATIONS = {
-    "ReLU": "relu",
-    "Celu": "celu",
-    "Softsign": "softsign",
-    "SparsePlus": "sparse_plus",
-    "Squareplus": "squareplus",
-    "LogSigmoid": "log_sigmoid",
-    "SparseSigmoid": "sparse_sigmoid",
-    "HardTanh": "hard_tanh",
-    "HardShrink": "hard_shrink",
-    "SoftShrink": "soft_shrink",
-    "TanhShrink": "tanh_shrink",
-}
-OP_ACTIVATIONS = {**kinds.OP_ACTIVATIONS, **_MORE_OP_ACTIVATIONS}
 
 # Rectifier-like activations: what `make_collapsible` converts by default.
 DEFAULT_KINDS = (
@@ -159,7 +142,7 @@ def activation_spec(node):
         return _spec(kinds.activation_name(layer.activation), {})
     if isinstance(layer, keras.layers.Layer):
         return None
-    name = OP_ACTIVATIONS.get(type(layer).__name__)
+    name = kinds.OP_ACTIVATIONS.get(type(layer).__name__)
     if name is None:
         return None
     return _spec(name, _op_kwargs(layer, name))

@@ -98,6 +98,13 @@ def surgery(
         )
     graph = Graph.from_model(model)
     journal = Journal()
+    for node in graph.layer_nodes():
+        if not graph.has_finite_weights(node):
+            journal.skip(
+                "non_finite",
+                [node.layer.name],
+                "weights hold NaN or inf: left as they are, not folded or merged",
+            )
     remove_identities(graph, journal)
     fold_batchnorms(graph, journal)
     if cut_dead_channels:

@@ -55,7 +55,7 @@ def setup():
     STAMP.write_text(wanted)
 
 
-def isolated_env(backend):
+def isolated_env(backend, for_tests=False):
     """Environment for a child process: its own KERAS_HOME, one backend."""
     home = Path(tempfile.mkdtemp(prefix="keras_collapse_home_"))
     _offer_fashion_mnist(home)
@@ -68,6 +68,10 @@ def isolated_env(backend):
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONHASHSEED="0",
     )
+    if for_tests:
+        # Tests compile hundreds of tiny graphs once each: XLA's optimizer
+        # costs more than it saves there (about 2x on the JAX suite).
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
     return env
 
 
@@ -91,7 +95,7 @@ def test(backends, pytest_args):
         proc = subprocess.run(
             [str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
             cwd=ROOT,
-            env=isolated_env(backend),
+            env=isolated_env(backend, for_tests=True),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

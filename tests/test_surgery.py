@@ -344,3 +344,23 @@ class TestBadInput(SurgeryTestCase):
         model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
         with pytest.raises(ValueError, match=match):
             kc.surgery(model, **kwargs)
+
+
+class TestNonFinite(SurgeryTestCase):
+    def test_nan_weights_are_left_alone_and_reported(self):
+        inputs = keras.Input((4,))
+        first = keras.layers.Dense(4)
+        h = first(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(3)(h)))
+        kernel, bias = first.get_weights()
+        kernel[0, 0] = np.nan
+        first.set_weights([kernel, bias])
+        small, report = kc.surgery(model, return_report=True)
+        assert any(e.kind == "non_finite" for e in report.skipped)
+        # The two finite Dense layers after it still merge.
+        assert report.count("merge") == 1 and len(small.layers) == 3
+        x = self.random_inputs((3, 4))
+        x[:, 0] = 0.0  # NaN * 0 is NaN: compare where the original is finite
+        want = keras.ops.convert_to_numpy(model(x))
+        got = keras.ops.convert_to_numpy(small(x))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))

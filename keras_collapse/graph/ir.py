@@ -80,6 +80,7 @@ class Graph:
         self.outputs = None  # structure of Refs
         self._ids = itertools.count()
         self._original_layer_ids = set()
+        self._finite = {}  # id(layer) -> whether its own weights are finite
 
     # ----------------------------------------------------------------- reading
     @classmethod
@@ -162,6 +163,20 @@ class Graph:
     def is_original(self, layer):
         """Whether `layer` belongs to the model the graph was read from."""
         return id(layer) in self._original_layer_ids
+
+    def has_finite_weights(self, node):
+        """Whether the weights a node computes with are all finite. Passes
+        leave layers with NaN/inf weights alone: merging would spread them."""
+        if node.weights is not None:
+            return all(np.all(np.isfinite(w)) for w in node.weights)
+        layer = node.layer
+        if not isinstance(layer, keras.layers.Layer):
+            return True
+        if id(layer) not in self._finite:
+            self._finite[id(layer)] = all(
+                np.all(np.isfinite(w)) for w in layer.get_weights()
+            )
+        return self._finite[id(layer)]
 
     def replace_uses(self, old, new):
         """Makes every reader of Ref `old` (and the outputs) read `new`."""

@@ -36,7 +36,7 @@ def fold_batchnorms(graph, journal):
         readers = graph.consumers()
         source = graph.producer(bn.input_refs[0])
         target = None
-        if _can_fold_after(source, readers):
+        if _can_fold_after(source, readers) and graph.has_finite_weights(source):
             kernel, bias = rewrite.kernel_and_bias(source)
             kernel, bias = algebra.fold_affine_after(
                 kernel, bias, scale, shift, depthwise=kinds.is_depthwise(source.layer)
@@ -44,7 +44,12 @@ def fold_batchnorms(graph, journal):
             target = source
         else:
             after = readers.get(Ref(bn.id), [])
-            if len(after) == 1 and after[0] is not None and _can_fold_before(after[0]):
+            if (
+                len(after) == 1
+                and after[0] is not None
+                and _can_fold_before(after[0])
+                and graph.has_finite_weights(after[0])
+            ):
                 target = after[0]
                 kernel, bias = rewrite.kernel_and_bias(target)
                 kernel, bias = algebra.fold_affine_before(

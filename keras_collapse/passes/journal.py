@@ -21,7 +21,9 @@ class Journal:
         self.done.append(Entry(kind, tuple(layers), detail))
 
     def skip(self, kind, layers, reason):
-        self.skipped.append(Entry(kind, tuple(layers), reason))
+        entry = Entry(kind, tuple(layers), reason)
+        if entry not in self.skipped:  # passes run in rounds: say it once
+            self.skipped.append(entry)
 
     def count(self, kind):
         return sum(entry.kind == kind for entry in self.done)

@@ -21,8 +21,21 @@ IDENTITY_AT_INFERENCE = (
     keras.layers.ActivityRegularization,
     keras.layers.Identity,
 )
-# Raw `keras.ops` activations in a functional graph, by operation class name.
+# Raw activations in a functional graph, by operation class name. `keras.ops.relu`
+# adds "Relu"; `keras.activations.relu` adds "ReLU" (with negative_slope,
+# max_value and threshold).
 OP_ACTIVATIONS = {
+    "ReLU": "relu",
+    "Celu": "celu",
+    "Softsign": "softsign",
+    "SparsePlus": "sparse_plus",
+    "Squareplus": "squareplus",
+    "LogSigmoid": "log_sigmoid",
+    "SparseSigmoid": "sparse_sigmoid",
+    "HardTanh": "hard_tanh",
+    "HardShrink": "hard_shrink",
+    "SoftShrink": "soft_shrink",
+    "TanhShrink": "tanh_shrink",
     "Relu": "relu",
     "Relu6": "relu6",
     "Gelu": "gelu",

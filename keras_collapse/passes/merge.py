@@ -158,7 +158,7 @@ def _merged_cost(op, out_shape, cost_model):
 def find_runs(graph):
     """Maximal chains of Conv/Depthwise/Dense nodes that can merge pairwise."""
     readers = graph.consumers()
-    ops = {n.id: n for n in graph.layer_nodes() if linear_op_kind(n)}
+    ops = {n.id: n for n in graph.layer_nodes() if linear_op_kind(graph, n)}
 
     def next_of(node):
         if kinds.activation_name(node.layer.activation) != "linear":
@@ -182,7 +182,7 @@ def find_runs(graph):
     return runs
 
 
-def linear_op_kind(node):
+def linear_op_kind(graph, node):
     layer = node.layer
     return (
         kinds.is_conv(layer) or kinds.is_depthwise(layer) or kinds.is_dense(layer)
@@ -190,6 +190,7 @@ def linear_op_kind(node):
         len(node.input_refs) == 1
         and len(node.shapes) == 1
         and None not in node.shape[-1:]
+        and graph.has_finite_weights(node)
     )
 
 

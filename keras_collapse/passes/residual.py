@@ -82,6 +82,7 @@ def _sole_reader_linear(graph, ref, readers):
         node.is_input
         or not kinds.is_linear_op(node.layer)
         or kinds.is_depthwise(node.layer)
+        or not graph.has_finite_weights(node)
     ):
         return None
     if len(readers.get(ref, [])) != 1 or len(node.input_refs) != 1:

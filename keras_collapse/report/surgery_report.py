@@ -39,9 +39,10 @@ class SurgeryReport:
 
     def measure_latency(self, batch_sizes=(1, 64), repeats=20, input_shape=None):
         """Times the input model and the result, interleaved, and stores and
-        returns the result (ratios are input time / result time)."""
+        returns the result (`speedup` is input time / result time)."""
+        original, collapsed = self.models
         self.latency = measure_latency(
-            list(self.models),
+            {"input model": original, "collapsed": collapsed},
             batch_sizes=batch_sizes,
             repeats=repeats,
             input_shape=input_shape,
