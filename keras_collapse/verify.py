@@ -21,8 +21,8 @@ def random_inputs(model, input_shape=None, batch_size=2, seed=0):
         seed: int. Defaults to `0`.
 
     Returns:
-        NumPy arrays in the structure of `model.inputs` (a lone array for a
-        single-input model).
+        NumPy arrays in the structure of `model.input` (a lone array, a list
+        or a dict, as the model takes them).
     """
     rng = np.random.default_rng(seed)
     shapes = _input_shapes(model, input_shape)
@@ -36,7 +36,7 @@ def random_inputs(model, input_shape=None, batch_size=2, seed=0):
             arrays.append(rng.integers(0, 2, shape).astype(bool))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
-    return arrays[0] if len(arrays) == 1 else arrays
+    return keras.tree.pack_sequence_as(model.input, arrays)
 
 
 def _input_shapes(model, input_shape):

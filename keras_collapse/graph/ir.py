@@ -107,6 +107,7 @@ class Graph:
             keras_internals.input_structure(functional), refs
         )
         graph.outputs = graph._inline(functional, refs)
+        graph._refine_shapes()
         return graph
 
     def _inline(self, functional, input_refs):
@@ -144,6 +145,34 @@ class Graph:
         return keras.tree.map_structure(
             to_ref, keras_internals.output_structure(functional)
         )
+
+    def _refine_shapes(self):
+        """Re-derives unknown sizes from the producers' shapes. A nested model
+        built for any image size has unknown sizes inside even where the
+        outer model calls it on a fixed size."""
+        specs = {}
+        for node in self.topological():
+            if node.is_input or all(
+                d is not None for shape in node.shapes for d in shape[1:]
+            ):
+                specs.update(
+                    (Ref(node.id, i), keras.KerasTensor(shape, dtype))
+                    for i, (shape, dtype) in enumerate(zip(node.shapes, node.dtypes))
+                )
+                continue
+            try:
+                out = node.layer.compute_output_spec(
+                    *keras.tree.map_structure(lambda x: specs.get(x, x), node.args),
+                    **keras.tree.map_structure(lambda x: specs.get(x, x), node.kwargs),
+                )
+            except Exception:  # keep what the model said; sizes stay unknown
+                out = [
+                    keras.KerasTensor(shape, dtype)
+                    for shape, dtype in zip(node.shapes, node.dtypes)
+                ]
+            out = keras.tree.flatten(out)
+            node.shapes = [tuple(t.shape) for t in out]
+            specs.update((Ref(node.id, i), t) for i, t in enumerate(out))
 
     # ----------------------------------------------------------------- editing
     def add(self, layer, args=(), kwargs=None, shapes=None, dtypes=None, **fields):
