@@ -36,6 +36,8 @@ def random_inputs(model, input_shape=None, batch_size=2, seed=0):
             arrays.append(rng.integers(0, 2, shape).astype(bool))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
+    if len(arrays) == 1:  # a Sequential model has no `model.input` structure
+        return arrays[0]
     return keras.tree.pack_sequence_as(model.input, arrays)
 
 

@@ -27,6 +27,10 @@ BACKENDS = ("tensorflow", "jax", "torch")
 # torch first and pinned: this is the CPU build that lies on the CI machines'
 # disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC = "torch==2.13.0"
+# keras-hub (the model zoo the tests build backbones from) depends on
+# tensorflow-text, which drags in a second, full TensorFlow: install it alone
+# and give it what it imports (regex comes with the `test` extra).
+KERAS_HUB_SPEC = "keras-hub==0.32.0"
 FASHION_MNIST_DEB = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -52,6 +56,7 @@ def setup():
     ]
     run(pip + [TORCH_SPEC])
     run(pip + ["-e", f"{ROOT}[tensorflow,jax,torch,test,examples]"])
+    run(pip + ["--no-deps", KERAS_HUB_SPEC])
     STAMP.write_text(wanted)
 
 
@@ -71,7 +76,9 @@ def isolated_env(backend, for_tests=False):
     if for_tests:
         # Tests compile hundreds of tiny graphs once each: XLA's optimizer
         # costs more than it saves there (about 2x on the JAX suite).
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+        ).strip()
     return env
 
 

@@ -47,7 +47,6 @@ from keras_collapse.passes import kinds
 ASSUMED_AXIS_SIZE = 32
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 _TRANSPOSED = (
     keras.layers.Conv1DTranspose,
@@ -192,7 +191,7 @@ def _node_macs(node, shapes, notes):
         return conv_macs(layer.depthwise_kernel.shape, positions) + conv_macs(
             layer.pointwise_kernel.shape, positions
         )
-    if isinstance(layer, _CONVS + _DEPTHWISE):
+    if isinstance(layer, _CONVS + kinds.DEPTHWISE_TYPES):
         positions = _spatial(layer, shapes[Ref(node.id)], notes)
         return conv_macs(layer.kernel.shape, positions)
     if isinstance(layer, _TRANSPOSED):

@@ -1,0 +1,170 @@
+"""Helpers shared by the benchmark scripts. Keras-free at import time: the
+parent of a `--backends` run must not import Keras, because `KERAS_BACKEND`
+is read once, at Keras' first import."""
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+BACKENDS = ("jax", "tensorflow", "torch")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def table(header, rows, align=None):
+    """Lays out rows of strings under a header; `align` is one '<' or '>' per
+    column (default: first column left, the others right)."""
+    align = align or "<" + ">" * (len(header) - 1)
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [
+        max(len(row[i]) for row in [list(header), *rows]) for i in range(len(header))
+    ]
+
+    def line(cells):
+        return "  ".join(
+            f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths, strict=True)
+        ).rstrip()
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def wrap(text, width=100):
+    return textwrap.fill(text, width)
+
+
+def machine_line():
+    """Date, CPU count and load: what a reader needs to weigh the numbers."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at start "
+        "(shared machine: other jobs ran at the same time)"
+    )
+
+
+def versions_line():
+    """Versions of Keras and the active backend (imports Keras)."""
+    import keras
+
+    backend = keras.backend.backend()
+    version = getattr(__import__(backend), "__version__", "?")
+    python = platform.python_version()
+    return f"keras {keras.__version__}, {backend} {version}, Python {python}"
+
+
+def command_line():
+    """The command that is running, as one could type it again."""
+    backend = os.environ.get("KERAS_BACKEND")
+    prefix = f"KERAS_BACKEND={backend} " if backend else ""
+    script = os.path.relpath(sys.argv[0], ROOT)
+    args = drop_option(sys.argv[1:], "--json")  # a child's temporary file
+    return prefix + shlex.join([".venv/bin/python", script, *args])
+
+
+def run_all_backends(script, backends, title, combine, out=None):
+    """Re-runs the calling script once per backend and prints one table.
+
+    The script's own arguments are passed on, except `--backends` and `--out`.
+
+    Args:
+        script: str, path of the script.
+        backends: list of backend names.
+        title: str, the line above the combined table.
+        combine: callable `{backend: rows} -> str`, the combined table.
+        out: str or None, file to save the combined table to, followed by
+            each backend's own report.
+
+    Returns:
+        int, 0 if every backend ran, else 1.
+    """
+    forwarded = drop_option(drop_option(sys.argv[1:], "--backends"), "--out")
+    began = time.perf_counter()
+    collected = run_per_backend(script, backends, forwarded)
+    summary = "\n".join(
+        [
+            f"# {command_line()}",
+            f"# {machine_line()}",
+            f"# {time.perf_counter() - began:.0f} s in all",
+            "",
+            title,
+            combine({b: payload["rows"] for b, payload in collected.items()}),
+        ]
+    )
+    print("\n" + summary)
+    reports = [f"\n######## {b}\n{p['text']}" for b, p in collected.items()]
+    save(out, "\n".join([summary, *reports]))
+    return 0 if len(collected) == len(backends) else 1
+
+
+def drop_option(argv, name):
+    """Removes `name value` and `name=value` from an argument list."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
+
+
+def run_per_backend(script, backends, args):
+    """Runs `script args` once per backend, each in its own process with
+    `KERAS_BACKEND` set, streaming its output.
+
+    Each child is given `--json PATH` and must write there what
+    `write_json` writes.
+
+    Returns:
+        dict `{backend: {"rows": rows, "text": report}}`, a backend missing if
+        its process failed.
+    """
+    collected = {}
+    for backend in backends:
+        print(f"\n######## KERAS_BACKEND={backend} ########", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "rows.json"
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            proc = subprocess.run(
+                [sys.executable, script, *args, "--json", str(path)], env=env
+            )
+            if proc.returncode != 0 or not path.exists():
+                print(f"!! {backend}: exit code {proc.returncode}", flush=True)
+                continue
+            collected[backend] = json.loads(path.read_text())
+    return collected
+
+
+def write_json(path, rows, text):
+    """For a `--backends` parent: the rows of its table and the full report."""
+    if path:
+        Path(path).write_text(json.dumps({"rows": rows, "text": text}))
+
+
+def save(path, text):
+    """Writes `text` to `path` (for benchmarks/results/), creating folders."""
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text.rstrip() + "\n")
+        print(f"\nSaved to {path}")
+
+
+def parse_backends(value):
+    backends = [b for b in value.split(",") if b]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        raise ValueError(
+            f"--backends takes a comma-separated subset of {BACKENDS}. "
+            f"Received: {value!r}"
+        )
+    return backends

@@ -1,0 +1,88 @@
+"""`surgery` on keras-hub backbones built from constructor arguments (no
+presets, nothing downloaded), with random BatchNormalization statistics."""
+
+import numpy as np
+import pytest
+
+import keras_collapse as kc
+from keras_collapse.verify import random_inputs
+from tests.integration import builders
+
+keras_hub = pytest.importorskip("keras_hub")
+
+
+def resnet(block_type="basic_block", pre_activation=False):
+    # keras-hub requires 64 filters in the first stack, fed by a 64-channel stem.
+    model = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[16, 64],
+        input_conv_kernel_sizes=[3, 3],
+        stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type=block_type,
+        use_pre_activation=pre_activation,
+        image_shape=(32, 32, 3),
+    )
+    builders.randomize_batchnorms(model, seed=3)
+    return model
+
+
+def densenet():
+    model = keras_hub.models.DenseNetBackbone(
+        stackwise_num_repeats=[2, 2], image_shape=(32, 32, 3), growth_rate=8
+    )
+    builders.randomize_batchnorms(model, seed=4)
+    return model
+
+
+BACKBONES = {
+    "resnet_basic": resnet,
+    "resnet_v2_bottleneck": lambda: resnet("bottleneck_block", pre_activation=True),
+    "densenet": densenet,
+}
+NAMES = [
+    "resnet_basic",
+    pytest.param("resnet_v2_bottleneck", marks=builders.SLOW_ON_JAX),
+    pytest.param("densenet", marks=builders.SLOW_ON_JAX),
+]
+
+
+class TestKerasHubBackbones(builders.SurgeryTestCase):
+    @pytest.mark.parametrize("name", NAMES)
+    def test_unlocked_equals_input(self, name, tmp_path):
+        model = BACKBONES[name]()
+        _, report = self.check_surgery(model, tmp_path)
+        assert report.after.activations == report.before.activations > 0
+        assert report.count("fold_bn") > 0
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_every_other_locked(self, name, tmp_path):
+        model, layers = builders.collapsible(BACKBONES[name]())
+        assert len(layers) > 2
+        self.check_surgery(model, tmp_path, lock=layers[::2])
+
+    def test_resnet_inexact_merge_reports_its_deviation(self):
+        # stack0's inner ReLU locked: its 3x3 -> 3x3 "same" pair is exact only
+        # away from the border, so the exact surgery keeps both convs; an
+        # inexact one (with a cost model that prices layers, not MACs)
+        # merges them into a 5x5 and reports the deviation it measured.
+        model, layers = builders.collapsible(resnet())
+        lock = [layer for layer in layers if layer.name == "stack0_block0_1_relu"]
+        kc.lock_linear(model, lock)
+        _, exact = kc.surgery(model, return_report=True)
+        assert exact.count("merge") == 0
+        assert any("border" in entry.detail for entry in exact.skipped)
+        small, report = kc.surgery(
+            model,
+            exact=False,
+            cost_model=kc.MacCostModel(layer_overhead=1e9),
+            return_report=True,
+        )
+        assert report.count("merge") == 1 and report.count("absorb_residual") == 1
+        assert report.after.depth == exact.after.depth - 1
+        x = random_inputs(model)
+        own = builders.relative_error(
+            builders.outputs_of(model, x), builders.outputs_of(small, x)
+        )
+        assert own > builders.TOLERANCE
+        np.testing.assert_allclose(report.deviation, own, rtol=1e-3)

@@ -1,0 +1,350 @@
+"""Property-based tests: `surgery` on random small graphs.
+
+Each example is a random chain of blocks (Conv, DepthwiseConv, Dense on the
+channel axis, BatchNormalization with random statistics and some channels
+switched OFF, collapsible activations locked, at alpha 1, 0 or in between,
+Dropout, residual `Add`s and `Concatenate`s around shape-keeping branches),
+on a small 1D or 2D input whose spatial size the model may not know.
+Whatever the graph, an exact surgery must not raise, must compute what the
+graph computes, must remove exactly the linear activations, and must not add
+depth or MACs (`SurgeryTestCase.check_surgery`).
+"""
+
+import keras
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import keras_collapse as kc
+from tests.integration import builders
+from tests.integration.builders import make
+
+ACTIVATIONS = ["relu", "relu6", "gelu", "silu", "leaky_relu", "elu", "tanh", "sigmoid"]
+# How an activation is left: "locked" and "one" (alpha = 1) are linear.
+ACTIVATION_MODES = ["locked", "one", "zero", "between"]
+LINEAR_MODES = ("locked", "one")
+
+conv = st.fixed_dictionaries(
+    {
+        "kind": st.just("conv"),
+        "filters": st.sampled_from([3, 4, 6]),
+        "kernel": st.sampled_from([1, 3]),
+        "padding": st.sampled_from(["valid", "same"]),
+        "stride": st.sampled_from([1, 2]),
+        "bias": st.booleans(),
+    }
+)
+depthwise = st.fixed_dictionaries(
+    {
+        "kind": st.just("depthwise"),
+        "kernel": st.sampled_from([1, 3]),
+        "padding": st.sampled_from(["valid", "same"]),
+        "stride": st.sampled_from([1, 2]),
+        "multiplier": st.sampled_from([1, 2]),
+        "bias": st.booleans(),
+    }
+)
+dense = st.fixed_dictionaries(
+    {
+        "kind": st.just("dense"),
+        "units": st.sampled_from([3, 4, 6]),
+        "bias": st.booleans(),
+    }
+)
+batchnorm = st.fixed_dictionaries(
+    {
+        "kind": st.just("bn"),
+        "seed": st.integers(0, 2**16),
+        "dead": st.sampled_from([0.0, 0.0, 0.5]),
+    }
+)
+activation = st.fixed_dictionaries(
+    {
+        "kind": st.just("act"),
+        "activation": st.sampled_from(ACTIVATIONS),
+        "mode": st.sampled_from(ACTIVATION_MODES),
+        "alpha": st.floats(0.05, 0.95),
+    }
+)
+dropout = st.fixed_dictionaries({"kind": st.just("dropout")})
+# Inside a residual branch: blocks that keep the shape (stride 1, "same",
+# channels unchanged).
+keeping = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("conv"),
+            "filters": st.none(),
+            "kernel": st.sampled_from([1, 3]),
+            "padding": st.just("same"),
+            "stride": st.just(1),
+            "bias": st.booleans(),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("depthwise"),
+            "kernel": st.sampled_from([1, 3]),
+            "padding": st.just("same"),
+            "stride": st.just(1),
+            "multiplier": st.just(1),
+            "bias": st.booleans(),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"kind": st.just("dense"), "units": st.none(), "bias": st.booleans()}
+    ),
+    batchnorm,
+    activation,
+)
+residual = st.fixed_dictionaries(
+    {
+        "kind": st.just("residual"),
+        "branch": st.lists(keeping, min_size=1, max_size=4),
+        "shortcut": st.sampled_from(["identity", "pointwise"]),
+    }
+)
+# Concatenate([x, branch(x)]): a reader that ties channels to their position.
+concat = st.fixed_dictionaries(
+    {"kind": st.just("concat"), "branch": st.lists(keeping, min_size=1, max_size=3)}
+)
+block = st.one_of(
+    conv, depthwise, dense, batchnorm, activation, dropout, residual, concat
+)
+graphs = st.fixed_dictionaries(
+    {
+        "rank": st.sampled_from([1, 2]),
+        # Spatial sizes unknown to the model (None), given to the surgery.
+        "unknown_size": st.booleans(),
+        "blocks": st.lists(block, min_size=1, max_size=7),
+        "head": st.sampled_from(["none", "pool", "flatten"]),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+# Conv/Depthwise -> BatchNorm with channels switched OFF (gamma = beta = 0, as
+# TLC does) -> activation, optionally inside an identity residual: the stacks
+# where dead channels are cut and 1x1 -> k x k merges need a bias map.
+stage = st.fixed_dictionaries(
+    {
+        "layer": st.one_of(conv, depthwise),
+        "dead": st.sampled_from([0.3, 0.6]),
+        "seed": st.integers(0, 2**16),
+        "activation": st.sampled_from(["relu", "relu6", "gelu", "sigmoid"]),
+        "mode": st.sampled_from(["locked", "locked", "zero"]),
+        "residual": st.booleans(),
+    }
+)
+
+
+def _stage_blocks(stage):
+    layer = dict(stage["layer"])
+    if stage["residual"]:  # the branch must keep the shape
+        layer.update(padding="same", stride=1)
+        if layer["kind"] == "conv":
+            layer["filters"] = None
+        else:
+            layer["multiplier"] = 1
+    body = [
+        layer,
+        {"kind": "bn", "seed": stage["seed"], "dead": stage["dead"]},
+        {
+            "kind": "act",
+            "activation": stage["activation"],
+            "mode": stage["mode"],
+            "alpha": 0.0,
+        },
+    ]
+    if stage["residual"]:
+        return [{"kind": "residual", "branch": body, "shortcut": "identity"}]
+    return body
+
+
+stacks = st.fixed_dictionaries(
+    {
+        "rank": st.sampled_from([1, 2]),
+        "unknown_size": st.just(False),
+        "blocks": st.lists(stage, min_size=1, max_size=5).map(
+            lambda stages: [b for s in stages for b in _stage_blocks(s)]
+        ),
+        "head": st.sampled_from(["none", "pool", "flatten"]),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+class _Builder:
+    """Builds a graph spec into a model, counting its activations and
+    tracking the spatial size (which the model may not know)."""
+
+    def __init__(self, rank, size):
+        self.rank = rank
+        self.size = size
+        self.activations = 0
+        self.linear = 0
+
+    def apply(self, spec, x):
+        """`x` through the block, or `x` itself if the block does not fit."""
+        kind = spec["kind"]
+        if kind in ("conv", "depthwise"):
+            size = _conv_output_size(self.size, spec)
+            if size is None:
+                return x
+            self.size = size
+            return self._conv(spec, x)
+        if kind == "dense":
+            units = spec["units"] or x.shape[-1]
+            return make(keras.layers.Dense, units, use_bias=spec["bias"])(x)
+        if kind == "bn":
+            return builders.bn(x, spec["seed"], dead=spec["dead"])
+        if kind == "act":
+            return self._activation(spec, x)
+        if kind == "dropout":
+            return keras.layers.Dropout(0.5)(x)
+        if kind == "concat":
+            return keras.layers.Concatenate()([x, self._branch(spec, x)])
+        return self._residual(spec, x)
+
+    def _conv(self, spec, x):
+        common = {
+            "strides": spec["stride"],
+            "padding": spec["padding"],
+            "use_bias": spec["bias"],
+        }
+        if spec["kind"] == "depthwise":
+            cls = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+            return make(
+                cls[self.rank - 1],
+                spec["kernel"],
+                depth_multiplier=spec["multiplier"],
+                **common,
+            )(x)
+        cls = (keras.layers.Conv1D, keras.layers.Conv2D)[self.rank - 1]
+        return make(cls, spec["filters"] or x.shape[-1], spec["kernel"], **common)(x)
+
+    def _activation(self, spec, x):
+        layer = kc.CollapsibleActivation(spec["activation"], alpha_regularizer=None)
+        y = layer(x)
+        mode = spec["mode"]
+        if mode == "locked":
+            layer.lock_linear()
+        elif mode == "one":
+            layer.set_alpha(1.0)
+        elif mode == "between":
+            layer.set_alpha(spec["alpha"])
+        self.activations += 1
+        self.linear += mode in LINEAR_MODES
+        return y
+
+    def _branch(self, spec, x):
+        for inner in spec["branch"]:
+            x = self.apply(inner, x)
+        return x
+
+    def _residual(self, spec, x):
+        h = self._branch(spec, x)
+        if spec["shortcut"] == "pointwise":
+            cls = (keras.layers.Conv1D, keras.layers.Conv2D)[self.rank - 1]
+            x = make(cls, x.shape[-1], 1)(x)
+        return keras.layers.Add()([x, h])
+
+
+def _conv_output_size(size, spec):
+    """The spatial size after a conv block, or None if it does not fit."""
+    kernel, stride = spec["kernel"], spec["stride"]
+    if (spec["padding"] == "valid" and size < kernel) or stride > size:
+        return None
+    if spec["padding"] == "same":
+        return -(-size // stride)
+    return (size - kernel) // stride + 1
+
+
+def build(graph):
+    """The model of a graph spec, the input shape to give the surgery, the
+    number of activations and of linear ones."""
+    keras.utils.set_random_seed(graph["seed"])
+    shape = (16, 4) if graph["rank"] == 1 else (8, 8, 4)
+    declared = shape
+    if graph["unknown_size"]:
+        declared = (None,) * graph["rank"] + (4,)
+    inputs = keras.Input(declared)
+    builder = _Builder(graph["rank"], shape[0])
+    x = inputs
+    for spec in graph["blocks"]:
+        x = builder.apply(spec, x)
+    if graph["head"] == "pool":
+        pool = (
+            keras.layers.GlobalAveragePooling1D,
+            keras.layers.GlobalAveragePooling2D,
+        )
+        x = make(keras.layers.Dense, 3)(pool[graph["rank"] - 1]()(x))
+    elif graph["head"] == "flatten" and not graph["unknown_size"]:
+        x = make(keras.layers.Dense, 3)(keras.layers.Flatten()(x))
+    if x is inputs:  # nothing fitted: keep one layer so the model is not empty
+        x = make(keras.layers.Dense, 3)(x)
+    model = keras.Model(inputs, x)
+    return model, shape, builder.activations, builder.linear
+
+
+class TestRandomGraphs(builders.SurgeryTestCase):
+    @settings(max_examples=15, deadline=None, database=None)
+    @given(graph=graphs)
+    def test_exact_surgery_keeps_the_function(self, graph, tmp_path_factory):
+        model, shape, activations, linear = build(graph)
+        _, report = self.check_surgery(
+            model, tmp_path_factory.mktemp("graph"), input_shape=shape
+        )
+        # check_surgery checked after == before; both count what the graph has.
+        assert report.before.activations == activations - linear
+
+    @settings(max_examples=10, deadline=None, database=None)
+    @given(graph=stacks)
+    def test_stacks_with_dead_channels(self, graph, tmp_path_factory):
+        model, shape, activations, linear = build(graph)
+        _, report = self.check_surgery(
+            model, tmp_path_factory.mktemp("stack"), input_shape=shape
+        )
+        assert report.before.activations == activations - linear
+
+    @pytest.mark.parametrize("rank", [1, 2])
+    def test_locked_chain_collapses_to_one_layer(self, rank, tmp_path):
+        # conv (valid) -> BN -> locked -> conv 1x1 -> BN -> alpha=1 -> dense,
+        # 4 -> 6 -> 6 -> 5 channels: every merge is exact, and merging all
+        # three is cheapest (k*4*5 MACs per position, not k*4*6 + 6*5), so
+        # one linear layer must remain.
+        graph = {
+            "rank": rank,
+            "unknown_size": False,
+            "seed": 3,
+            "head": "none",
+            "blocks": [
+                {
+                    "kind": "conv",
+                    "filters": 6,
+                    "kernel": 3,
+                    "padding": "valid",
+                    "stride": 2,
+                    "bias": True,
+                },
+                {"kind": "bn", "seed": 1, "dead": 0.0},
+                {"kind": "act", "activation": "gelu", "mode": "locked", "alpha": 0.5},
+                {
+                    "kind": "conv",
+                    "filters": 6,
+                    "kernel": 1,
+                    "padding": "same",
+                    "stride": 1,
+                    "bias": False,
+                },
+                {"kind": "bn", "seed": 2, "dead": 0.0},
+                {"kind": "act", "activation": "relu", "mode": "one", "alpha": 0.5},
+                {"kind": "dense", "units": 5, "bias": True},
+            ],
+        }
+        model, _, activations, linear = build(graph)
+        assert activations == linear == 2
+        small, report = self.check_surgery(model, tmp_path)
+        assert report.after.depth == 1 and report.before.depth == 3
+        assert report.after.activations == 0
+        weighted = [layer for layer in small.layers if layer.weights]
+        assert len(weighted) == 1
