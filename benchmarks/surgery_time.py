@@ -21,6 +21,7 @@ import time
 
 from common import BACKENDS
 from common import command_line
+from common import limit_threads
 from common import machine_line
 from common import parse_backends
 from common import run_all_backends
@@ -205,11 +206,18 @@ def main():
     )
     parser.add_argument("--runs", type=int, help="timed runs per step. Default: 3")
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="compute threads per backend (see common.limit_threads); 1 is "
+        "far steadier on a busy machine. Default: each backend's own choice",
+    )
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = sorted(set(args.models or ()) - set(DEFAULT))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; expected some of {list(DEFAULT)}")
+    limit_threads(args.threads)  # before Keras is imported; children inherit it
     if args.backends:
         return run_all_backends(
             __file__,

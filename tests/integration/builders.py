@@ -77,7 +77,7 @@ def bn(x, seed, dead=0.0, **kwargs):
     return y
 
 
-@keras.saving.register_keras_serializable(package="keras_collapse_tests")
+@keras.saving.register_keras_serializable(package="keras_collapse_integration_tests")
 class NumpyNormal(keras.initializers.Initializer):
     """Normal weights, standard deviation `sqrt(scale / fan_in)`, drawn by
     NumPy's global generator (seeded by `keras.utils.set_random_seed`).
