@@ -2,15 +2,18 @@
 
     KERAS_BACKEND=jax .venv/bin/python benchmarks/latency.py
     .venv/bin/python benchmarks/latency.py --backends jax,tensorflow,torch
+    .venv/bin/python benchmarks/latency.py --backends jax,torch --threads 1
 
 For each case, `surgery(model, merge=False, cut_dead_channels=False)` is the
 baseline (BatchNorm folded, locked activations removed, nothing merged) and
-`surgery(model)` the result. Both are timed by
-`keras_collapse.report.measure_latency`: interleaved in one process, the
-median over repeats of the faster of `model(x)` and `predict_on_batch(x)`.
-The ratio is baseline time / result time: above 1, the result is faster. A
-surgery result must never be slower than its BN-folded input; a ratio below
-`--slower-than` is flagged.
+`surgery(model)` the result. They are timed by
+`keras_collapse.report.measure_latency`, interleaved in one process, with a
+second copy of the baseline: the latency of a model is the median over
+repeats of the faster of `model(x)` and `predict_on_batch(x)`. Printed:
+ratio = baseline time / result time (above 1: the result is faster), and
+noise = baseline time / copy time, which would be 1.00 on a quiet machine.
+A surgery result must never be slower than its BN-folded input; a ratio
+below `--slower-than` is flagged.
 """
 
 import argparse

@@ -287,7 +287,7 @@ def build(graph):
 
 
 class TestRandomGraphs(builders.SurgeryTestCase):
-    @settings(max_examples=15, deadline=None, database=None)
+    @settings(max_examples=builders.EXAMPLES, deadline=None, database=None)
     @given(graph=graphs)
     def test_exact_surgery_keeps_the_function(self, graph, tmp_path_factory):
         model, shape, activations, linear = build(graph)
@@ -297,7 +297,7 @@ class TestRandomGraphs(builders.SurgeryTestCase):
         # check_surgery checked after == before; both count what the graph has.
         assert report.before.activations == activations - linear
 
-    @settings(max_examples=10, deadline=None, database=None)
+    @settings(max_examples=builders.EXAMPLES, deadline=None, database=None)
     @given(graph=stacks)
     def test_stacks_with_dead_channels(self, graph, tmp_path_factory):
         model, shape, activations, linear = build(graph)
