@@ -29,7 +29,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 TORCH_SPEC = "torch==2.13.0"
 # keras-hub (the model zoo the tests build backbones from) depends on
 # tensorflow-text, which drags in a second, full TensorFlow: install it alone
-# and give it what it imports (regex comes with the `test` extra).
+# and give it what it imports (regex and tokenizers come with the `test` extra).
 KERAS_HUB_SPEC = "keras-hub==0.32.0"
 FASHION_MNIST_DEB = Path("/usr/share/datasets/fashion-mnist")
 
