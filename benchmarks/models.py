@@ -2,7 +2,8 @@
 
 Every builder returns a functional `keras.Model` whose chosen collapsible
 activations are already locked linear (`keras_collapse.lock_linear`), so that
-`surgery` has something to merge. Importing this module imports Keras: set
+`surgery` has something to merge. Builders are seeded (`seed`, default 0):
+the same weights on every run. Importing this module imports Keras: set
 `KERAS_BACKEND` first.
 """
 
@@ -89,7 +90,7 @@ def mobilenet_v2_style(lock="all", input_size=32, seed=0):
         lock: str or None. "all": lock every activation inside the blocks;
             "residual": only those of the 6 residual blocks; None: none.
         input_size: int, height and width of the RGB input.
-        seed: int, seed of the BN statistics.
+        seed: int, seed of the weights and of the BN statistics.
     """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3))
