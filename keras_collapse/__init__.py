@@ -1,5 +1,6 @@
 """keras_collapse: make trained Keras 3 networks shallower and faster."""
 
+from keras_collapse.callbacks import TLCCallback
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.collapsible import lock_linear
 from keras_collapse.collapsible import lock_near_linear
@@ -9,25 +10,32 @@ from keras_collapse.cost_model import MacCostModel
 from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
+from keras_collapse.linearize import linearize
 from keras_collapse.regularizers import LinearityRegularizer
 from keras_collapse.report import SurgeryReport
 from keras_collapse.report import measure_latency
 from keras_collapse.report import model_stats
+from keras_collapse.scores import BatchNormAnalysis
+from keras_collapse.scores import analyze_batchnorm
 from keras_collapse.surgery import surgery
 from keras_collapse.verify import VerificationError
 from keras_collapse.version import __version__
 
 __all__ = [
+    "BatchNormAnalysis",
     "BiasMap",
     "CollapsibleActivation",
     "CollapsiblePReLU",
     "LinearityRegularizer",
     "MacCostModel",
     "SurgeryReport",
+    "TLCCallback",
     "VerificationError",
     "__version__",
+    "analyze_batchnorm",
     "collapsible_layers",
     "lock_linear",
+    "linearize",
     "lock_near_linear",
     "make_collapsible",
     "measure_latency",

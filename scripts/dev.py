@@ -3,6 +3,7 @@
     python3 scripts/dev.py demo    # train a small model on real data, collapse it
     python3 scripts/dev.py test    # the whole test suite, once per backend
     python3 scripts/dev.py test --backends jax -- -k prelu   # a subset
+    python3 scripts/dev.py run --backend tensorflow benchmarks/tlc_fashion_mnist.py
 
 The environment is a virtualenv in `.venv/` beside this folder, made and
 filled on first use (and again whenever pyproject.toml changes).
@@ -144,15 +145,17 @@ def _fmt(counts):
     return ", ".join(f"{v} {k}" for k, v in counts.items()) or "no result line"
 
 
-def demo(backend, extra):
+def run_script(backend, script, extra):
+    """Runs a script of the project in the environment, on one backend, with
+    Fashion-MNIST offered offline when the Debian package has it."""
     setup()
-    cmd = [str(PYTHON), str(ROOT / "examples" / "collapse_digits.py"), *extra]
+    cmd = [str(PYTHON), str(script), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=isolated_env(backend)).returncode
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("job", choices=["setup", "test", "demo"])
+    parser.add_argument("job", choices=["setup", "test", "demo", "run"])
     parser.add_argument(
         "--backends",
         default=",".join(BACKENDS),
@@ -161,7 +164,7 @@ def main():
     parser.add_argument(
         "--backend",
         default=os.environ.get("KERAS_BACKEND", "jax"),
-        help="for `demo`. Default: $KERAS_BACKEND or jax",
+        help="for `demo` and `run`. Default: $KERAS_BACKEND or jax",
     )
     args, rest = parser.parse_known_args()
     rest = [a for a in rest if a != "--"]
@@ -174,7 +177,11 @@ def main():
         if unknown:
             parser.error(f"unknown backend(s) {sorted(unknown)}; expected {BACKENDS}")
         return test(backends, rest)
-    return demo(args.backend, rest)
+    if args.job == "run":
+        if not rest:
+            parser.error("`run` needs a script: dev.py run [--backend B] SCRIPT [ARGS]")
+        return run_script(args.backend, rest[0], rest[1:])
+    return run_script(args.backend, ROOT / "examples" / "collapse_digits.py", rest)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,19 @@ class TestCollapsibleActivation(TestCase):
         assert kc.CollapsiblePReLU(alpha_regularizer=None).alpha_regularizer is None
 
 
+class TestFrozenAlpha(TestCase):
+    def test_alpha_can_be_frozen_to_keep_a_relu(self):
+        inputs = keras.Input((4,))
+        act = kc.CollapsiblePReLU(alpha_regularizer=None)
+        model = keras.Model(inputs, keras.layers.Dense(1)(act(inputs)))
+        act.alpha.trainable = False
+        model.compile(keras.optimizers.SGD(0.5), "mse")
+        x = self.random_inputs((64, 4))
+        model.fit(x, x[:, :1] ** 2, epochs=2, verbose=0)
+        assert act.alpha_numpy() == 0.0
+        assert all(w is not act.alpha for w in model.trainable_weights)
+
+
 class TestBadInput(TestCase):
     @pytest.mark.parametrize("name", ["no_such_activation", "softmax", "linear", 3])
     def test_unknown_or_non_elementwise_activation(self, name):

@@ -1,0 +1,121 @@
+"""The TLC analysis as a table and as a matplotlib figure."""
+
+from keras_collapse.report.table import _table
+
+
+def format_channel_states(analysis):
+    """One row per collapsible activation: its BN, channel count, the ON /
+    OFF / uncertain fractions, the score, and whether it is linearized.
+
+    Args:
+        analysis: a `BatchNormAnalysis` (from `analyze_batchnorm`).
+
+    Returns:
+        str. Layers without statistics show why in the last column.
+    """
+    rows = []
+    for s in analysis:
+        if s.analysed:
+            cells = (
+                f"{s.channels}",
+                f"{s.fraction('ON'):.0%}",
+                f"{s.fraction('OFF'):.0%}",
+                f"{s.fraction('uncertain'):.0%}",
+                f"{s.score:.3f}",
+            )
+        else:
+            cells = ("-",) * 5
+        rows.append(
+            (
+                s.name,
+                s.activation,
+                s.batchnorm or "-",
+                *cells,
+                "yes" if s.linearized else "no",
+                s.reason or "",
+            )
+        )
+    title = (
+        f"BatchNorm ON/OFF analysis ({len(analysis)} activations; ON/OFF at "
+        f"P >= {analysis.confidence:g}; score: expected relative error, lower "
+        "is safer)"
+    )
+    header = (
+        "Activation",
+        "Kind",
+        "BatchNorm",
+        "Channels",
+        "ON",
+        "OFF",
+        "Uncertain",
+        "Score",
+        "Linearized",
+        "Note",
+    )
+    return _table(title, header, rows, "<<<>>>>>><")
+
+
+def plot_channel_states(analysis, ax=None):
+    """Stacked bars of the ON / OFF / uncertain fractions per activation, the
+    score as a line on a second axis; linearized layers are hatched.
+
+    Returns:
+        the matplotlib `Figure`.
+
+    Raises:
+        ImportError: if matplotlib is not installed, saying how to get it.
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "Plotting the BatchNorm analysis needs matplotlib. Install it with "
+            '`pip install "keras-collapse[plot]"` (or `pip install matplotlib`).'
+        ) from None
+    layers = list(analysis)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.0))
+    else:
+        fig = ax.figure
+    x = list(range(len(layers)))
+    bottom = [0.0] * len(layers)
+    colors = {"ON": "#4c9a2a", "uncertain": "#c9c9c9", "OFF": "#2b4c7e"}
+    for state, color in colors.items():
+        heights = [s.fraction(state) if s.analysed else 0.0 for s in layers]
+        ax.bar(
+            x,
+            heights,
+            bottom=bottom,
+            color=color,
+            label=state,
+            hatch=None,
+            edgecolor="white",
+        )
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    for i, s in enumerate(layers):
+        if s.linearized:
+            ax.bar(i, 1.0, fill=False, hatch="//", edgecolor="black", linewidth=0)
+        if not s.analysed:
+            ax.text(i, 0.5, "n/a", ha="center", va="center", rotation=90, fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels([s.name for s in layers], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of channels")
+    score_ax = ax.twinx()
+    score_ax.plot(
+        x,
+        [s.score if s.analysed else float("nan") for s in layers],
+        "o-",
+        color="#b5332e",
+        label="score",
+    )
+    score_ax.set_ylabel("score (expected relative error)")
+    score_ax.set_ylim(bottom=0)
+    handles, labels = ax.get_legend_handles_labels()
+    more_handles, more_labels = score_ax.get_legend_handles_labels()
+    ax.legend(
+        handles + more_handles, labels + more_labels, fontsize=7, loc="upper left"
+    )
+    ax.set_title("TLC: BatchNorm ON/OFF states per activation (hatched: linearized)")
+    fig.tight_layout()
+    return fig

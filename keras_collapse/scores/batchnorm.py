@@ -1,0 +1,275 @@
+"""TLC's data-free analysis: the ON/OFF state of every channel that a
+BatchNormalization feeds into a collapsible activation."""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from keras_collapse.scores import gaussian
+from keras_collapse.scores.pairs import find_pairs
+
+_RELU_DEFAULTS = {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}
+
+
+@dataclasses.dataclass
+class LayerStates:
+    """The analysis of one collapsible activation.
+
+    Per-channel arrays are None when the layer could not be analysed
+    (`reason` says why: no BatchNormalization before it, non-finite
+    statistics...).
+
+    Attributes:
+        name: str, the activation layer's name.
+        activation: str, the function it blends ('relu', 'relu6', ...).
+        batchnorm: str or None, the name of the BatchNormalization it reads.
+        p_off: per channel, P(z <= 0) under z ~ N(beta, gamma^2).
+        error_if_on: per channel, E|f(z) - z|: the error of letting the
+            channel pass through (the activation locked linear).
+        error_if_off: per channel, E|f(z)|: the error of zeroing the channel.
+        off: per channel, bool, whether TLC forces it OFF (where zeroing errs
+            no more than passing through; for ReLU: `beta <= 0`).
+        state: per channel, "ON" / "OFF" where `P(ON)` / `P(OFF)` is at least
+            the analysis' `confidence`, else "uncertain".
+        score: float or None, the mean over channels of the expected error of
+            the forced state relative to the channel's RMS pre-activation
+            `sqrt(beta^2 + gamma^2)`: 0 when every channel is surely ON or
+            OFF, 0.40 at most for ReLU. Lower is safer to linearize.
+        linearized: bool, whether the layer already computes the identity.
+        reason: str or None, why the layer has no statistics.
+    """
+
+    name: str
+    activation: str
+    batchnorm: str | None
+    linearized: bool
+    p_off: np.ndarray | None = None
+    error_if_on: np.ndarray | None = None
+    error_if_off: np.ndarray | None = None
+    off: np.ndarray | None = None
+    state: np.ndarray | None = None
+    score: float | None = None
+    reason: str | None = None
+
+    @property
+    def analysed(self):
+        """bool, whether the layer has channel statistics."""
+        return self.score is not None
+
+    @property
+    def channels(self):
+        return 0 if self.p_off is None else len(self.p_off)
+
+    def fraction(self, state):
+        """The fraction of channels in `state` ("ON", "OFF" or "uncertain")."""
+        if state not in ("ON", "OFF", "uncertain"):
+            raise ValueError(
+                f"`state` must be 'ON', 'OFF' or 'uncertain'. Received: state={state!r}"
+            )
+        if self.state is None:
+            return float("nan")
+        return float(np.mean(self.state == state))
+
+    def as_dict(self):
+        return {
+            "name": self.name,
+            "activation": self.activation,
+            "batchnorm": self.batchnorm,
+            "channels": self.channels,
+            "on": self.fraction("ON"),
+            "off": self.fraction("OFF"),
+            "uncertain": self.fraction("uncertain"),
+            "score": self.score,
+            "linearized": self.linearized,
+            "reason": self.reason,
+        }
+
+
+class BatchNormAnalysis:
+    """The TLC analysis of a model: one `LayerStates` per collapsible
+    activation, in graph order. `print()` it for a table; `plot()` draws it.
+
+    Index it by position or by activation name; iterate over it.
+    """
+
+    def __init__(self, layers, confidence):
+        self.layers = list(layers)
+        self.confidence = confidence
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for states in self.layers:
+                if states.name == key:
+                    return states
+            raise KeyError(
+                f"No collapsible activation named {key!r}. Available: "
+                f"{[s.name for s in self.layers]}"
+            )
+        return self.layers[key]
+
+    def candidates(self):
+        """The analysed layers that are not linearized yet, lowest score first."""
+        found = [s for s in self.layers if s.analysed and not s.linearized]
+        return sorted(found, key=lambda s: s.score)
+
+    def table(self):
+        from keras_collapse.report.channel_states import format_channel_states
+
+        return format_channel_states(self)
+
+    def __str__(self):
+        return self.table()
+
+    def plot(self, ax=None):
+        """Draws the ON / OFF / uncertain fractions and the score per layer.
+
+        Needs matplotlib (`pip install "keras-collapse[plot]"`).
+
+        Args:
+            ax: a matplotlib `Axes` to draw into, or None for a new figure.
+
+        Returns:
+            the matplotlib `Figure`.
+        """
+        from keras_collapse.report.channel_states import plot_channel_states
+
+        return plot_channel_states(self, ax=ax)
+
+    def as_dict(self):
+        return {
+            "confidence": self.confidence,
+            "layers": [s.as_dict() for s in self.layers],
+        }
+
+
+def analyze_batchnorm(model, confidence=0.95):
+    """Reads, from BatchNormalization weights alone, which channels of each
+    collapsible activation are ON, OFF or uncertain.
+
+    Data-free (TLC, arXiv 2412.15077): the pre-activation of channel c is
+    modelled as `z ~ N(beta_c, gamma_c^2)`. Layers without a
+    BatchNormalization directly before them (e.g. after a residual `Add`) and
+    layers whose BN has non-finite weights are listed with a `reason` and no
+    statistics. `center=False` reads as `beta = 0` (every channel
+    uncertain), `scale=False` as `gamma = 1`. For activations other than ReLU
+    the Gaussian model still says when `z > 0`; the errors are those of the
+    activation itself (ReLU6's saturation above 6 counts against ON, GELU's
+    negative dip against OFF). The model is not modified.
+
+    Args:
+        model: a Functional or Sequential `keras.Model` with collapsible
+            activations (see `make_collapsible`).
+        confidence: float in (0.5, 1), how sure the model must be for a
+            channel to be called ON or OFF rather than uncertain.
+            Defaults to `0.95`.
+
+    Returns:
+        A `BatchNormAnalysis`.
+
+    Example:
+
+    >>> analysis = keras_collapse.analyze_batchnorm(model)
+    >>> print(analysis)          # one row per activation: ON / OFF / uncertain
+    >>> analysis.candidates()[0].name   # the safest layer to linearize
+    """
+    _check_confidence(confidence)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Expected a keras.Model. Received: {model!r} of type "
+            f"{type(model).__name__}"
+        )
+    return analyze_pairs(find_pairs(model), confidence)
+
+
+def analyze_pairs(pairs, confidence=0.95):
+    """`analyze_batchnorm` on pairs found before (`scores.pairs.find_pairs`)."""
+    return BatchNormAnalysis([_layer_states(p, confidence) for p in pairs], confidence)
+
+
+def batchnorm_arrays(bn):
+    """`(gamma, beta)` of a BatchNormalization, with its defaults when
+    `scale` / `center` is off."""
+    channels = bn.moving_mean.shape[0]
+    gamma = keras.ops.convert_to_numpy(bn.gamma) if bn.scale else np.ones(channels)
+    beta = keras.ops.convert_to_numpy(bn.beta) if bn.center else np.zeros(channels)
+    return np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+
+
+def _layer_states(pair, confidence):
+    layer, bn = pair.activation, pair.batchnorm
+    states = LayerStates(
+        name=layer.name,
+        activation=layer.activation,
+        batchnorm=None if bn is None else bn.name,
+        linearized=layer.is_linear,
+        reason=pair.reason,
+    )
+    if bn is None:
+        return states
+    if not all(np.all(np.isfinite(w)) for w in bn.get_weights()):
+        states.reason = "non-finite BatchNormalization weights"
+        return states
+    gamma, beta = batchnorm_arrays(bn)
+    alpha = _alpha_per_channel(layer, bn, len(beta))
+    if layer.activation == "relu" and all(
+        layer.activation_kwargs.get(k, v) == v for k, v in _RELU_DEFAULTS.items()
+    ):
+        error_on, error_off = gaussian.relu_errors(beta, gamma, alpha)
+    else:
+        error_on, error_off = gaussian.quadrature_errors(
+            lambda z: _activation_numpy(layer, z), beta, gamma, alpha
+        )
+    p_off = gaussian.probability_off(beta, gamma)
+    off = error_off <= error_on
+    rms = np.sqrt(beta**2 + gamma**2)
+    relative = np.where(off, error_off, error_on) / np.where(rms > 0, rms, 1.0)
+    states.p_off = p_off
+    states.error_if_on = error_on
+    states.error_if_off = error_off
+    states.off = off
+    states.state = np.where(
+        p_off >= confidence,
+        "OFF",
+        np.where(1.0 - p_off >= confidence, "ON", "uncertain"),
+    )
+    states.score = float(np.mean(relative)) if len(relative) else 0.0
+    return states
+
+
+def _alpha_per_channel(layer, bn, channels):
+    """The blend slope of each channel (alphas shared along other axes are
+    averaged over them)."""
+    alpha = np.asarray(layer.alpha_numpy(), np.float64)
+    if alpha.ndim == 0:
+        return np.full(channels, float(alpha))
+    axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
+    axis = axis % (alpha.ndim + 1) - 1  # alpha has no batch axis
+    alpha = np.moveaxis(alpha, axis, -1).reshape(-1, alpha.shape[axis])
+    return np.broadcast_to(alpha.mean(axis=0), (channels,)).astype(np.float64)
+
+
+def _activation_numpy(layer, z):
+    """The activation a collapsible layer blends, evaluated on a NumPy array."""
+    out = layer._activation_fn(
+        keras.ops.convert_to_tensor(z, "float32"), **layer.activation_kwargs
+    )
+    return keras.ops.convert_to_numpy(out)
+
+
+def _check_confidence(confidence):
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, (int, float))
+        or not 0.5 < confidence < 1
+    ):
+        raise ValueError(
+            "`confidence` must be a number between 0.5 and 1 (exclusive). "
+            f"Received: confidence={confidence!r}"
+        )

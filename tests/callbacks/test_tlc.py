@@ -1,0 +1,290 @@
+"""TLCCallback inside `fit`: its choices, its guard, its records."""
+
+import csv
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_collapse as kc
+from tests.scores.test_batchnorm import set_bn
+from tests.testing import TestCase
+
+layers = keras.layers
+NAMES = ["a0", "split", "a2", "alive", "a4"]
+PLANTED = ["alive", "split"]
+
+
+def planted_model(seed=0):
+    """Five Dense -> BN -> ReLU layers. In 'split' half the channels are
+    always OFF (beta = -4, gamma = 0.5), half always ON (beta = +4); in
+    'alive' all are always ON: both layers are exactly linear on any input.
+    The others are coin tosses (beta = 0, gamma = 1). Training does not move
+    the model (learning rate 0, BN statistics frozen by momentum 1): batch
+    statistics would otherwise drift it, and these tests are about choices."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    h = inputs
+    for name in NAMES:
+        h = layers.Dense(8, name=f"{name}_dense")(h)
+        bn = layers.BatchNormalization(momentum=1.0, name=f"{name}_bn")
+        h = kc.CollapsibleActivation(alpha_regularizer=None, name=name)(bn(h))
+        beta = {"split": [-4.0, 4.0] * 4, "alive": [4.0] * 8}.get(name, [0.0] * 8)
+        gamma = np.full(8, 0.5 if name in PLANTED else 1.0)
+        set_bn(bn, gamma, np.array(beta))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(h))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    return model
+
+
+def teacher_data(model, n=128, seed=0):
+    """Inputs and the model's own outputs plus a little noise: the model
+    starts at its best loss, so only a harmful linearization raises it."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype("float32")
+    y = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
+    return x, y + 0.1 * rng.standard_normal(y.shape).astype("float32")
+
+
+class LogInjector(keras.callbacks.Callback):
+    """Writes `logs['probe']` (1.0, or 10.0 while `tlc` has linearized
+    something) and records the weights before TLCCallback acts."""
+
+    def __init__(self, tlc):
+        super().__init__()
+        self.tlc, self.weights = tlc, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["probe"] = 10.0 if self.tlc.linearized else 1.0
+        self.weights[epoch] = self.model.get_weights()
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch] = self.model.get_weights()
+
+
+def fit(model, data, callbacks, epochs, **kwargs):
+    return model.fit(
+        *data, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs
+    )
+
+
+class TestChoices(TestCase):
+    def test_data_free_picks_the_planted_layers_first(self):
+        model = planted_model()
+        tlc = kc.TLCCallback(interval=1, max_layers=2, tolerance=1.0, verbose=0)
+        fit(model, teacher_data(model), [tlc], epochs=4)
+        assert sorted(tlc.linearized) == PLANTED
+        assert tlc.events[-1]["action"] == "stopped"
+        assert "max_layers" in tlc.events[-1]["reason"]
+
+    def test_validation_picks_the_planted_layers_first(self):
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(data, interval=1, max_layers=2, verbose=0)
+        fit(model, data, [tlc], epochs=4)
+        assert sorted(tlc.linearized) == PLANTED
+        first = tlc.events[0]
+        assert first["action"] == "linearized" and first["ranking"] == "validation"
+        increases = dict(first["ranked"])
+        assert max(increases["split"], increases["alive"]) < 1e-6
+        assert min(increases[n] for n in ("a0", "a2", "a4")) > 1e-4
+
+    def test_multi_removal_takes_every_free_layer_at_once(self):
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(data, interval=1, multi_removal=True, verbose=0)
+        fit(model, data, [tlc], epochs=2)
+        assert sorted(tlc.events[0]["layers"]) == PLANTED
+
+    def test_candidates_limit_the_choice(self):
+        model = planted_model()
+        tlc = kc.TLCCallback(interval=1, candidates=["a2"], tolerance=1.0, verbose=0)
+        fit(model, teacher_data(model), [tlc], epochs=3)
+        assert tlc.linearized == ["a2"]
+
+    def test_random_ranking_is_seeded(self):
+        chosen = []
+        for _ in range(2):
+            model = planted_model()
+            tlc = kc.TLCCallback(
+                ranking="random",
+                seed=3,
+                tolerance=1.0,
+                interval=1,
+                max_layers=2,
+                verbose=0,
+            )
+            fit(model, teacher_data(model), [tlc], epochs=3)
+            chosen.append(tlc.linearized)
+        assert chosen[0] == chosen[1] and len(chosen[0]) == 2
+
+    def test_no_change_too_late_to_be_judged(self):
+        model = planted_model()
+        tlc = kc.TLCCallback(warmup_epochs=1, interval=2, verbose=0)
+        fit(model, teacher_data(model), [tlc], epochs=2)
+        assert tlc.linearized == [] and tlc.events == []
+
+
+class TestGuard(TestCase):
+    def test_rollback_restores_the_weights_and_keeps_the_layer(self):
+        model = planted_model()
+        tlc = kc.TLCCallback(interval=1, monitor="probe", patience=1, verbose=0)
+        before, after = LogInjector(tlc), WeightRecorder()
+        fit(model, teacher_data(model), [before, tlc, after], epochs=3)
+        assert [e["action"] for e in tlc.events] == [
+            "linearized",
+            "rolled back",
+            "stopped",
+        ]
+        first = tlc.events[0]["layers"][0]
+        assert tlc.kept == [first] and tlc.linearized == [] and tlc.rollbacks == 1
+        # Epoch 1 ends with exactly the weights epoch 0 ended with before the
+        # linearization: the lock, the zeroed BN channels and the training since.
+        for restored, snapshot in zip(after.weights[1], before.weights[0]):
+            np.testing.assert_array_equal(restored, snapshot)
+        assert not model.get_layer(first).is_locked
+        assert model.get_layer(f"{first}_bn").gamma.constraint is None
+
+    def test_accepted_changes_persist_through_fit(self):
+        model = planted_model()
+        tlc = kc.TLCCallback(interval=1, max_layers=1, tolerance=1.0, verbose=0)
+        fit(model, teacher_data(model), [tlc], epochs=4)
+        (name,) = tlc.linearized
+        assert model.get_layer(name).is_locked
+        if name == "split":  # its OFF channels: zeroed, and still zero
+            gamma = keras.ops.convert_to_numpy(model.get_layer("split_bn").gamma)
+            np.testing.assert_array_equal(gamma[::2], 0.0)
+            assert np.all(gamma[1::2] != 0.0)
+
+    def test_surgery_after_fit_is_exact(self):
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(interval=1, max_layers=2, tolerance=1.0, verbose=0)
+        fit(model, data, [tlc], epochs=4)
+        small, report = kc.surgery(model, return_report=True)
+        expected = keras.ops.convert_to_numpy(model(data[0]))
+        got = keras.ops.convert_to_numpy(small(data[0]))
+        assert np.max(np.abs(got - expected)) <= 1e-5 * np.max(np.abs(expected))
+        assert report.after.depth < report.before.depth
+
+    def test_monitor_auto_prefers_validation_accuracy(self):
+        model = planted_model()
+        model.compile(keras.optimizers.SGD(0.0), "mse", metrics=["mae", "accuracy"])
+        x, y = teacher_data(model)
+        tlc = kc.TLCCallback(interval=1, tolerance=1.0, verbose=0)
+        fit(model, (x, y), [tlc], epochs=1, validation_data=(x, y))
+        assert tlc.monitored == "val_accuracy"
+
+
+class TestRecords(TestCase):
+    def test_logs_history_csv_and_other_callbacks(self, tmp_path):
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(data, interval=1, max_layers=2, verbose=1)
+        csv_path = os.path.join(str(tmp_path), "log.csv")
+        checkpoint = os.path.join(str(tmp_path), "best.keras")
+        callbacks = [
+            tlc,  # before the loggers, so that they see its entries
+            keras.callbacks.CSVLogger(csv_path),
+            keras.callbacks.EarlyStopping(patience=10),
+            keras.callbacks.ModelCheckpoint(checkpoint),
+            keras.callbacks.ReduceLROnPlateau(patience=1),
+        ]
+        history = fit(model, data, callbacks, epochs=4, validation_data=data)
+        assert history.history["tlc_linearized"][-1] == 2.0
+        assert "tlc_val_loss" in history.history
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        assert [float(r["tlc_linearized"]) for r in rows][-1] == 2.0
+        loaded = keras.saving.load_model(checkpoint)
+        locked = [
+            layer.name for layer in kc.collapsible_layers(loaded) if layer.is_locked
+        ]
+        assert sorted(locked) == sorted(tlc.linearized)
+
+    def test_verbose_lines(self, capsys):
+        model = planted_model()
+        tlc = kc.TLCCallback(interval=1, max_layers=1, tolerance=1.0)
+        fit(model, teacher_data(model), [tlc], epochs=3)
+        out = capsys.readouterr().out
+        assert "Epoch 1: TLCCallback linearized" in out and "accepted" in out
+
+    def test_state_resets_between_fits(self):
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(interval=1, max_layers=1, tolerance=1.0, verbose=0)
+        fit(model, data, [tlc], epochs=2)
+        first = list(tlc.linearized)
+        fit(model, data, [tlc], epochs=2)
+        assert len(tlc.linearized) == 1 and tlc.linearized != first
+
+
+class TestBadInput(TestCase):
+    def test_no_collapsible_activation(self):
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, layers.Dense(1, activation="relu")(inputs))
+        model.compile("sgd", "mse")
+        x = np.zeros((8, 4), "float32")
+        with pytest.raises(ValueError, match="make_collapsible"):
+            model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[kc.TLCCallback()])
+
+    def test_no_batchnorm_warns_once(self):
+        inputs = keras.Input((4,))
+        h = kc.CollapsibleActivation(name="act")(layers.Dense(4)(inputs))
+        model = keras.Model(inputs, layers.Dense(1)(h))
+        model.compile("sgd", "mse")
+        x = np.zeros((8, 4), "float32")
+        tlc = kc.TLCCallback(interval=1)
+        with pytest.warns(UserWarning, match="validation_data"):
+            model.fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[tlc])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[tlc])
+        assert tlc.linearized == [] and not model.get_layer("act").is_locked
+
+    def test_non_finite_bn_is_skipped_not_raised(self):
+        model = planted_model()
+        gamma = np.full(8, 0.05, "float32")
+        gamma[0] = np.inf
+        set_bn(model.get_layer("split_bn"), gamma)
+        x = teacher_data(planted_model())[0]
+        tlc = kc.TLCCallback(interval=1, max_layers=1, tolerance=1.0, verbose=0)
+        model.fit(x, np.zeros((len(x), 2)), epochs=3, verbose=0, callbacks=[tlc])
+        assert "split" in tlc.kept and "split" not in tlc.linearized
+        assert any(e["action"] == "skipped" for e in tlc.events)
+
+    def test_unknown_candidate(self):
+        model = planted_model()
+        tlc = kc.TLCCallback(candidates=["nope"])
+        with pytest.raises(ValueError, match="nope"):
+            fit(model, teacher_data(model), [tlc], epochs=1)
+
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"multi_removal": True}, "validation_data"),
+            ({"ranking": "validation"}, "validation_data"),
+            ({"ranking": "best"}, "ranking"),
+            ({"interval": 0}, "interval"),
+            ({"warmup_epochs": 0}, "warmup_epochs"),
+            ({"tolerance": -1}, "tolerance"),
+            ({"candidates": "a0"}, "candidates"),
+            ({"max_layers": 0}, "max_layers"),
+        ],
+    )
+    def test_bad_arguments(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            kc.TLCCallback(**kwargs)
+
+    def test_bad_validation_data(self):
+        model = planted_model()
+        with pytest.raises(ValueError, match="validation_data"):
+            fit(model, teacher_data(model), [kc.TLCCallback(validation_data=3)], 1)
