@@ -261,7 +261,9 @@ class TLCCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._active and self._pending is not None:
             value = self._value(self._last_epoch, {}, final=True)
-            if self._sample is None and self._last_epoch == self._pending["epoch"]:
+            if not self._measures_itself() and (
+                self._last_epoch == self._pending["epoch"]
+            ):
                 self._rollback(self._last_epoch, value, "no epoch trained to judge it")
             else:
                 self._judge(self._last_epoch, value)
@@ -396,7 +398,7 @@ class TLCCallback(keras.callbacks.Callback):
     # ------------------------------------------------------------ monitoring
     def _value(self, epoch, logs, final):
         """The monitored value now (None when it cannot be read)."""
-        if self._sample is not None and self.monitor == "auto":
+        if self._measures_itself():
             if not final:
                 return None
             result = self._evaluate()
@@ -451,6 +453,11 @@ class TLCCallback(keras.callbacks.Callback):
             return_dict=True,
         )
 
+    def _measures_itself(self):
+        """Whether the guard is the callback's own measurement on the sample
+        (else a metric read from `logs`)."""
+        return self._sample is not None and self.monitor == "auto"
+
     def _maximize(self):
         return "acc" in (self.monitored or "")
 
@@ -481,9 +488,13 @@ class TLCCallback(keras.callbacks.Callback):
         }
         self.events.append(event)
         if self.verbose:
-            sampled = self._sample is not None and self.monitor == "auto"
-            key = f"sample {self.monitored}" if sampled else self.monitored
-            print(_describe(event, key))
+            key = (
+                f"sample {self.monitored}"
+                if self._measures_itself()
+                else self.monitored
+            )
+            # A line of its own, after Keras' progress bar (as Keras' callbacks do).
+            print("\n" + _describe(event, key))
 
     def analysis(self):
         """The model's current `BatchNormAnalysis`."""

@@ -75,6 +75,9 @@ class ModelStats:
         macs: int. Multiply-accumulates for one sample.
         layers: int. Number of layer (and raw op) nodes.
         notes: tuple of str. What was assumed or left uncounted.
+        linearized: int. Collapsible activations that compute the identity
+            (locked, or at alpha = 1): linear, so not in `activations`, but
+            still layers until `surgery` removes them.
     """
 
     depth: int
@@ -83,6 +86,7 @@ class ModelStats:
     macs: int
     layers: int
     notes: tuple = ()
+    linearized: int = 0
 
     def as_dict(self):
         """Returns the fields as a dict of plain ints (notes as a list)."""
@@ -133,6 +137,10 @@ def model_stats(model, input_shape=None):
         macs=int(macs),
         layers=len(nodes),
         notes=tuple(dict.fromkeys(notes)),
+        linearized=sum(
+            kinds.is_collapsible(node.layer) and node.layer.is_linear
+            for node in nodes
+        ),
     )
 
 

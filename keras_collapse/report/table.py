@@ -11,6 +11,7 @@ from keras_collapse.report.stats import ModelStats
 _STAT_ROWS = (
     ("Depth (weight layers)", "depth"),
     ("Activations", "activations"),
+    ("Linearized activations", "linearized"),
     ("Parameters", "params"),
     ("MACs per sample", "macs"),
     ("Layers", "layers"),

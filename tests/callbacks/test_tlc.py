@@ -175,6 +175,25 @@ class TestGuard(TestCase):
         assert np.max(np.abs(got - expected)) <= 1e-5 * np.max(np.abs(expected))
         assert report.after.depth < report.before.depth
 
+    @pytest.mark.parametrize(
+        "with_data", [False, True], ids=["data_free", "validation"]
+    )
+    def test_training_stopped_right_after_a_change(self, with_data):
+        class StopNow(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                self.model.stop_training = True
+
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(data if with_data else None, interval=1, verbose=0)
+        fit(model, data, [tlc, StopNow()], epochs=5)
+        actions = [e["action"] for e in tlc.events]
+        if with_data:  # judged on the sample at the end of training
+            assert actions == ["linearized", "accepted"] and tlc.linearized
+        else:  # nothing in the logs says how it went: undone
+            assert actions == ["linearized", "rolled back"] and not tlc.linearized
+            assert "no epoch" in tlc.events[-1]["reason"]
+
     def test_monitor_auto_prefers_validation_accuracy(self):
         model = planted_model()
         model.compile(keras.optimizers.SGD(0.0), "mse", metrics=["mae", "accuracy"])

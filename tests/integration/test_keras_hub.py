@@ -68,6 +68,18 @@ class TestKerasHubBackbones(builders.SurgeryTestCase):
         model, layers = builders.collapsible(resnet(image_shape=(None, None, 3)))
         self.check_surgery(model, tmp_path, lock=layers, input_shape=(24, 24, 3))
 
+    def test_tlc_linearize_then_surgery(self, tmp_path):
+        # keras-hub's ResNet exposes BN -> ReLU: the block-inner ReLUs pair
+        # with their BN, the ReLUs after the residual Add do not.
+        model, _ = builders.collapsible(resnet())
+        analysis = kc.analyze_batchnorm(model)
+        paired = [s.name for s in analysis if s.analysed]
+        assert paired and any("merges" in (s.reason or "") for s in analysis)
+        done = kc.linearize(model, paired)
+        assert sum(d.off for d in done) > 0
+        _, report = self.check_surgery(model, tmp_path)
+        assert report.after.params < report.before.params
+
     def test_resnet_inexact_merge_reports_its_deviation(self):
         # stack0's inner ReLU locked: its 3x3 -> 3x3 "same" pair is exact only
         # away from the border, so the exact surgery keeps both convs; an

@@ -168,6 +168,7 @@ class TestModelStats(TestCase):
             "macs": 6 * 5 + 5 * 3,
             "layers": 4,
             "notes": [],
+            "linearized": 0,
         }
         assert isinstance(stats, ModelStats)
 
@@ -235,7 +236,9 @@ class TestActivations(TestCase):
         layer = kc.CollapsiblePReLU()
         model = after_dense(layer)
         make_linear(layer)
-        assert model_stats(model).activations == count
+        stats = model_stats(model)
+        assert stats.activations == count
+        assert stats.linearized == 1 - count  # the linear one, counted apart
 
     def test_fused_activations_in_convolutions(self):
         inputs = keras.Input((6, 6, 3))
