@@ -138,8 +138,7 @@ def model_stats(model, input_shape=None):
         layers=len(nodes),
         notes=tuple(dict.fromkeys(notes)),
         linearized=sum(
-            kinds.is_collapsible(node.layer) and node.layer.is_linear
-            for node in nodes
+            kinds.is_collapsible(node.layer) and node.layer.is_linear for node in nodes
         ),
     )
 
