@@ -77,6 +77,18 @@ def fit(model, data, callbacks, epochs, **kwargs):
 
 
 class TestChoices(TestCase):
+    def test_no_arguments_at_all(self):
+        # The design card's usage: defaults decide at epochs 1 and 3 (warm-up
+        # 1, interval 2) and leave the last 2 epochs to judge the second.
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(verbose=0)
+        fit(model, data, [tlc], epochs=5)
+        assert sorted(tlc.linearized) == PLANTED
+        assert [e["epoch"] for e in tlc.events] == [1, 3, 3, 5]
+        _, report = kc.surgery(model, return_report=True)
+        assert report.after.depth == report.before.depth - 2
+
     def test_data_free_picks_the_planted_layers_first(self):
         model = planted_model()
         tlc = kc.TLCCallback(interval=1, max_layers=2, tolerance=1.0, verbose=0)
