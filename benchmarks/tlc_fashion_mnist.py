@@ -295,7 +295,8 @@ def plot(rows, analyses, path):
             ax.annotate(
                 f"{r['speedup_b64']:.2f}x", (r["linearized"], r["collapsed_accuracy"])
             )
-        ax.set_xlabel(f"activations linearized (of {rows[0]['activations']})")
+        total = next(r["activations"] for r in rows if r["model"] == name)
+        ax.set_xlabel(f"activations linearized (of {total})")
         ax.set_ylabel("test accuracy after surgery")
         ax.set_title(f"{name}: accuracy vs layers removed (label: speedup b64)")
         ax.legend(fontsize=8)
