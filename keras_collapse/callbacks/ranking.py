@@ -13,10 +13,11 @@ from keras_collapse.scores.batchnorm import analyze_pairs
 RANKINGS = ("batchnorm", "validation", "random")
 
 
-def rank_by_batchnorm(pairs):
+def rank_by_batchnorm(pairs, analysis=None):
     """Data-free: the BN score (expected relative error), lowest first.
-    Layers without statistics are left out."""
-    analysis = analyze_pairs(pairs)
+    Layers without statistics are left out. `analysis`: the pairs'
+    `BatchNormAnalysis`, if already made."""
+    analysis = analyze_pairs(pairs) if analysis is None else analysis
     by_name = {p.activation.name: p for p in pairs}
     return [(by_name[s.name], s.score) for s in analysis.candidates()]
 

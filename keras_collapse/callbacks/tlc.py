@@ -7,7 +7,9 @@ import keras
 import numpy as np
 
 from keras_collapse.callbacks import ranking
+from keras_collapse.callbacks.ranking import RANKINGS
 from keras_collapse.callbacks.validation_sample import take_sample
+from keras_collapse.checks import check_int
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.linearize import linearize_pairs
 from keras_collapse.linearize import rebuild_train_function
@@ -129,9 +131,9 @@ class TLCCallback(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        if ranking not in ("auto", *_RANKINGS):
+        if ranking not in ("auto", *RANKINGS):
             raise ValueError(
-                f"`ranking` must be one of {('auto', *_RANKINGS)}. Received: "
+                f"`ranking` must be one of {('auto', *RANKINGS)}. Received: "
                 f"ranking={ranking!r}"
             )
         if ranking == "validation" and validation_data is None:
@@ -144,13 +146,13 @@ class TLCCallback(keras.callbacks.Callback):
                 "`multi_removal=True` linearizes the candidates whose measured "
                 "loss does not rise: pass `validation_data=(x, y)` too."
             )
-        _check_int("warmup_epochs", warmup_epochs, 1)
-        _check_int("interval", interval, 1)
-        _check_int("patience", patience, 1)
-        _check_int("validation_samples", validation_samples, 1)
-        _check_int("batch_size", batch_size, 1)
+        check_int("warmup_epochs", warmup_epochs, 1)
+        check_int("interval", interval, 1)
+        check_int("patience", patience, 1)
+        check_int("validation_samples", validation_samples, 1)
+        check_int("batch_size", batch_size, 1)
         if max_layers is not None:
-            _check_int("max_layers", max_layers, 1)
+            check_int("max_layers", max_layers, 1)
         if tolerance is not None and (
             isinstance(tolerance, bool)
             or not isinstance(tolerance, (int, float))
@@ -367,17 +369,14 @@ class TLCCallback(keras.callbacks.Callback):
 
     def _rank(self, pool):
         if self._ranking == "batchnorm":
-            skipped = [
-                s
-                for s in analyze_pairs(pool)
-                if s.reason and s.reason.startswith("non-finite")
-            ]
-            for states in skipped:
-                self.kept.append(states.name)
-                self._event(
-                    self._last_epoch, "skipped", [states.name], reason=states.reason
-                )
-            return ranking.rank_by_batchnorm(pool)
+            analysis = analyze_pairs(pool)
+            for states in analysis:
+                if states.reason and states.reason.startswith("non-finite"):
+                    self.kept.append(states.name)
+                    self._event(
+                        self._last_epoch, "skipped", [states.name], reason=states.reason
+                    )
+            return ranking.rank_by_batchnorm(pool, analysis)
         if self._ranking == "random":
             return ranking.rank_randomly(pool, self._rng)
         base = self._evaluate()["loss"]
@@ -501,9 +500,6 @@ class TLCCallback(keras.callbacks.Callback):
         return analyze_pairs(find_pairs(self.model))
 
 
-_RANKINGS = ranking.RANKINGS
-
-
 def _accuracy_key(logs, prefix=""):
     """The first accuracy-like key: `val_...acc...` with prefix "val_",
     a training one without."""
@@ -513,13 +509,6 @@ def _accuracy_key(logs, prefix=""):
         if (prefix or not key.startswith("val_")) and "acc" in key[len(prefix) :]:
             return key
     return None
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
 
 
 def _describe(event, key):

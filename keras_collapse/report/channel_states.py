@@ -88,7 +88,6 @@ def plot_channel_states(analysis, ax=None):
             bottom=bottom,
             color=color,
             label=state,
-            hatch=None,
             edgecolor="white",
         )
         bottom = [b + h for b, h in zip(bottom, heights)]

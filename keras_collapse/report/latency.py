@@ -14,13 +14,14 @@ asynchronous dispatch (JAX) cannot hide work.
 """
 
 import gc
-import numbers
 import statistics
 import time
 
 import keras
 import numpy as np
 
+from keras_collapse.checks import check_int
+from keras_collapse.checks import is_int
 from keras_collapse.graph.ir import Graph
 from keras_collapse.report.stats import resolve_input_shapes
 
@@ -76,9 +77,9 @@ def measure_latency(
     """
     labeled = _labeled_models(models)
     batch_sizes = _batch_sizes(batch_sizes)
-    _check_count("warmup", warmup, minimum=0)
-    _check_count("repeats", repeats, minimum=1)
-    _check_count("seed", seed, minimum=0)
+    check_int("warmup", warmup, minimum=0)
+    check_int("repeats", repeats, minimum=1)
+    check_int("seed", seed, minimum=0)
     structures, shapes, dtypes = _common_inputs(labeled, input_shape)
     rng = np.random.default_rng(seed)
     medians = {label: {} for label in labeled}
@@ -179,29 +180,18 @@ def _labeled_models(models):
 
 
 def _batch_sizes(batch_sizes):
-    if isinstance(batch_sizes, numbers.Integral):
+    if is_int(batch_sizes):
         batch_sizes = (batch_sizes,)
     if (
         not isinstance(batch_sizes, (list, tuple))
         or not batch_sizes
-        or not all(_is_int(b) and b >= 1 for b in batch_sizes)
+        or not all(is_int(b) and b >= 1 for b in batch_sizes)
     ):
         raise ValueError(
             "`batch_sizes` must be a non-empty sequence of positive ints. "
             f"Received: batch_sizes={batch_sizes!r}"
         )
     return tuple(dict.fromkeys(int(b) for b in batch_sizes))
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_count(name, value, minimum):
-    if not _is_int(value) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}"
-        )
 
 
 def _common_inputs(labeled, input_shape):
