@@ -1,5 +1,7 @@
 """keras_collapse: make trained Keras 3 networks shallower and faster."""
 
+from keras_collapse.callbacks import EASIERCallback
+from keras_collapse.callbacks import LinearizationCallback
 from keras_collapse.callbacks import TLCCallback
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.collapsible import lock_linear
@@ -11,27 +13,34 @@ from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.linearize import linearize
+from keras_collapse.recalibrate import recalibrate_batchnorm
 from keras_collapse.regularizers import LinearityRegularizer
 from keras_collapse.report import SurgeryReport
 from keras_collapse.report import measure_latency
 from keras_collapse.report import model_stats
+from keras_collapse.scores import ActivationStatistics
 from keras_collapse.scores import BatchNormAnalysis
+from keras_collapse.scores import activation_statistics
 from keras_collapse.scores import analyze_batchnorm
 from keras_collapse.surgery import surgery
 from keras_collapse.verify import VerificationError
 from keras_collapse.version import __version__
 
 __all__ = [
+    "ActivationStatistics",
     "BatchNormAnalysis",
     "BiasMap",
     "CollapsibleActivation",
     "CollapsiblePReLU",
+    "EASIERCallback",
+    "LinearizationCallback",
     "LinearityRegularizer",
     "MacCostModel",
     "SurgeryReport",
     "TLCCallback",
     "VerificationError",
     "__version__",
+    "activation_statistics",
     "analyze_batchnorm",
     "collapsible_layers",
     "lock_linear",
@@ -40,6 +49,7 @@ __all__ = [
     "make_collapsible",
     "measure_latency",
     "model_stats",
+    "recalibrate_batchnorm",
     "surgery",
     "sync_training_state",
 ]

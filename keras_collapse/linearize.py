@@ -106,7 +106,7 @@ def linearize(model, layers, zero_off=True):
     >>> done = keras_collapse.linearize(model, "collapsible_activation_3")
     >>> done[0].off   # channels zeroed at the BatchNormalization before it
     """
-    done = linearize_pairs(model, select_pairs(model, layers), zero_off)
+    done = linearize_pairs(model, select_pairs(model, layers), zero_off=zero_off)
     if any(d.off for d in done):
         rebuild_train_function(model)
     return done
@@ -131,12 +131,17 @@ def select_pairs(model, layers, pairs=None):
     return chosen
 
 
-def linearize_pairs(model, pairs, zero_off=True, constrain=True):
-    """`linearize` on `Pair`s. `constrain=False` leaves zeroed weights free
-    to train (for a trial that is undone before the next step); the caller
-    rebuilds the train function when constraints were added."""
+def linearize_pairs(model, pairs, offs=None, zero_off=True, constrain=True):
+    """`linearize` on `Pair`s. `offs`: per pair, the channels to zero (a
+    bool array along the BN's axis) or None for TLC's BatchNorm-based choice.
+    `constrain=False` leaves zeroed weights free to train (for a trial that
+    is undone before the next step); the caller rebuilds the train function
+    when constraints were added."""
     sync_training_state(model)
-    return [_linearize(pair, zero_off, constrain) for pair in pairs]
+    offs = [None] * len(pairs) if offs is None else offs
+    return [
+        _linearize(pair, off, zero_off, constrain) for pair, off in zip(pairs, offs)
+    ]
 
 
 def rebuild_train_function(model):
@@ -146,7 +151,7 @@ def rebuild_train_function(model):
         model.make_train_function(force=True)
 
 
-def _linearize(pair, zero_off, constrain):
+def _linearize(pair, off, zero_off, constrain):
     layer, bn = pair.activation, pair.batchnorm
     record = Linearized(layer.name, None, on=0, off=0, note=pair.reason)
     if zero_off and bn is not None:
@@ -156,7 +161,7 @@ def _linearize(pair, zero_off, constrain):
         elif not bn.scale:
             record.note = "BatchNormalization has scale=False: no gamma to zero"
         else:
-            off = states.off
+            off = states.off if off is None else np.asarray(off, bool)
             record.batchnorm, record.off = bn.name, int(off.sum())
             record.on = int(len(off) - record.off)
             for variable in [bn.gamma] + ([bn.beta] if bn.center else []):

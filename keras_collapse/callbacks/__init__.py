@@ -1,5 +1,7 @@
 """Callbacks that linearize activations while a model trains."""
 
+from keras_collapse.callbacks.easier import EASIERCallback
+from keras_collapse.callbacks.engine import LinearizationCallback
 from keras_collapse.callbacks.tlc import TLCCallback
 
-__all__ = ["TLCCallback"]
+__all__ = ["EASIERCallback", "LinearizationCallback", "TLCCallback"]

@@ -92,10 +92,13 @@ class CollapsibleActivation(keras.layers.Layer):
             `None`.
         alpha_initializer: initializer of `alpha`. Defaults to `"zeros"`
             (the original activation).
-        alpha_regularizer: regularizer of `alpha`. The default, `"linearity"`,
-            attaches `LinearityRegularizer()` (factor 0.2), the LayerCollapse
-            pull toward the identity; pass `None` for no pull. Defaults to
-            `"linearity"`.
+        alpha_regularizer: regularizer of `alpha`: `"linearity"` attaches
+            `LinearityRegularizer()` (factor 0.2), the LayerCollapse pull
+            toward the identity, or pass any regularizer. None (the default)
+            pulls nowhere: the layer trains as a plain PReLU-like blend, so a
+            model that never collapses anything is not hurt (a pull moves
+            every slope, and BatchNormalization's moving statistics lag
+            behind it). Defaults to `None`.
         alpha_constraint: constraint of `alpha`. Defaults to `None`.
         shared_axes: axes along which `alpha` is shared. `"all"` gives one
             scalar per layer (as in LayerCollapse, and the regularizer then
@@ -121,7 +124,7 @@ class CollapsibleActivation(keras.layers.Layer):
         activation="relu",
         activation_kwargs=None,
         alpha_initializer="zeros",
-        alpha_regularizer="linearity",
+        alpha_regularizer=None,
         alpha_constraint=None,
         shared_axes="all",
         **kwargs,

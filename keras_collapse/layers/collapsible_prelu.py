@@ -17,7 +17,8 @@ class CollapsiblePReLU(CollapsibleActivation):
     Args:
         alpha_initializer: initializer of `alpha`. Defaults to `"zeros"` (ReLU).
         alpha_regularizer: regularizer of `alpha`; `"linearity"` attaches
-            `LinearityRegularizer()`, `None` none. Defaults to `"linearity"`.
+            `LinearityRegularizer()` (the LayerCollapse pull toward 1), None
+            none. Defaults to `None`.
         alpha_constraint: constraint of `alpha`. Defaults to `None`.
         shared_axes: `"all"` (one scalar alpha), `None` (one per element, as
             Keras' `PReLU`), or the axes to share along. Defaults to `"all"`.
@@ -37,7 +38,7 @@ class CollapsiblePReLU(CollapsibleActivation):
     def __init__(
         self,
         alpha_initializer="zeros",
-        alpha_regularizer="linearity",
+        alpha_regularizer=None,
         alpha_constraint=None,
         shared_axes="all",
         **kwargs,

@@ -1,63 +1,60 @@
-"""The TLC analysis as a table and as a matplotlib figure."""
+"""Per-activation channel states as a table and as a matplotlib figure: one
+home for `BatchNormAnalysis` and `ActivationStatistics` (any
+`scores.layer_analysis.LayerAnalysis`)."""
 
 from keras_collapse.report.table import _table
 
 
 def format_channel_states(analysis):
-    """One row per collapsible activation: its BN, channel count, the ON /
-    OFF / uncertain fractions, the score, and whether it is linearized.
+    """One row per collapsible activation: where its statistics come from,
+    the channel count, the fraction of channels in each state, the score,
+    and whether it is linearized.
 
     Args:
-        analysis: a `BatchNormAnalysis` (from `analyze_batchnorm`).
+        analysis: a `LayerAnalysis` (`analyze_batchnorm`,
+            `activation_statistics`, ...).
 
     Returns:
         str. Layers without statistics show why in the last column.
     """
+    states = analysis.states
     rows = []
     for s in analysis:
         if s.analysed:
             cells = (
                 f"{s.channels}",
-                f"{s.fraction('ON'):.0%}",
-                f"{s.fraction('OFF'):.0%}",
-                f"{s.fraction('uncertain'):.0%}",
+                *(f"{s.fraction(state):.0%}" for state in states),
                 f"{s.score:.3f}",
             )
         else:
-            cells = ("-",) * 5
+            cells = ("-",) * (2 + len(states))
         rows.append(
             (
                 s.name,
                 s.activation,
-                s.batchnorm or "-",
+                s.source or "-",
                 *cells,
                 "yes" if s.linearized else "no",
                 s.reason or "",
             )
         )
-    title = (
-        f"BatchNorm ON/OFF analysis ({len(analysis)} activations; ON/OFF at "
-        f"P >= {analysis.confidence:g}; score: expected relative error, lower "
-        "is safer)"
-    )
     header = (
         "Activation",
         "Kind",
-        "BatchNorm",
+        analysis.source_name,
         "Channels",
-        "ON",
-        "OFF",
-        "Uncertain",
-        "Score",
+        *states,
+        analysis.score_name.split(" (")[0].capitalize(),
         "Linearized",
         "Note",
     )
-    return _table(title, header, rows, "<<<>>>>>><")
+    align = "<<<>" + ">" * len(states) + "><" + "<"
+    return _table(analysis.heading(), header, rows, align[: len(header)])
 
 
 def plot_channel_states(analysis, ax=None):
-    """Stacked bars of the ON / OFF / uncertain fractions per activation, the
-    score as a line on a second axis; linearized layers are hatched.
+    """Stacked bars of the channel-state fractions per activation, the score
+    as a line on a second axis; linearized layers are hatched.
 
     Returns:
         the matplotlib `Figure`.
@@ -69,7 +66,7 @@ def plot_channel_states(analysis, ax=None):
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError(
-            "Plotting the BatchNorm analysis needs matplotlib. Install it with "
+            f"Plotting the {analysis.title} needs matplotlib. Install it with "
             '`pip install "keras-collapse[plot]"` (or `pip install matplotlib`).'
         ) from None
     layers = list(analysis)
@@ -79,17 +76,9 @@ def plot_channel_states(analysis, ax=None):
         fig = ax.figure
     x = list(range(len(layers)))
     bottom = [0.0] * len(layers)
-    colors = {"ON": "#4c9a2a", "uncertain": "#c9c9c9", "OFF": "#2b4c7e"}
-    for state, color in colors.items():
+    for state, color in zip(analysis.states, ("#4c9a2a", "#c9c9c9", "#2b4c7e")):
         heights = [s.fraction(state) if s.analysed else 0.0 for s in layers]
-        ax.bar(
-            x,
-            heights,
-            bottom=bottom,
-            color=color,
-            label=state,
-            edgecolor="white",
-        )
+        ax.bar(x, heights, bottom=bottom, color=color, label=state, edgecolor="white")
         bottom = [b + h for b, h in zip(bottom, heights)]
     for i, s in enumerate(layers):
         if s.linearized:
@@ -106,15 +95,15 @@ def plot_channel_states(analysis, ax=None):
         [s.score if s.analysed else float("nan") for s in layers],
         "o-",
         color="#b5332e",
-        label="score",
+        label=analysis.score_name.split(" (")[0],
     )
-    score_ax.set_ylabel("score (expected relative error)")
+    score_ax.set_ylabel(analysis.score_name)
     score_ax.set_ylim(bottom=0)
     handles, labels = ax.get_legend_handles_labels()
     more_handles, more_labels = score_ax.get_legend_handles_labels()
     ax.legend(
         handles + more_handles, labels + more_labels, fontsize=7, loc="upper left"
     )
-    ax.set_title("TLC: BatchNorm ON/OFF states per activation (hatched: linearized)")
+    ax.set_title(f"{analysis.title} per activation (hatched: linearized)")
     fig.tight_layout()
     return fig

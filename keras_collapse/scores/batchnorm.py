@@ -7,6 +7,8 @@ import keras
 import numpy as np
 
 from keras_collapse.scores import gaussian
+from keras_collapse.scores.layer_analysis import LayerAnalysis
+from keras_collapse.scores.layer_analysis import check_state
 from keras_collapse.scores.pairs import find_pairs
 
 _RELU_DEFAULTS = {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}
@@ -35,7 +37,8 @@ class LayerStates:
         score: float or None, the mean over channels of the expected error of
             the forced state relative to the channel's RMS pre-activation
             `sqrt(beta^2 + gamma^2)`: 0 when every channel is surely ON or
-            OFF, 0.40 at most for ReLU. Lower is safer to linearize.
+            OFF; 0.40 at most for a plain ReLU (alpha 0; a trained slope can
+            raise it). Lower is safer to linearize.
         linearized: bool, whether the layer already computes the identity.
         reason: str or None, why the layer has no statistics.
     """
@@ -61,12 +64,14 @@ class LayerStates:
     def channels(self):
         return 0 if self.p_off is None else len(self.p_off)
 
+    @property
+    def source(self):
+        """str or None, what the statistics were read from (the BN's name)."""
+        return self.batchnorm
+
     def fraction(self, state):
         """The fraction of channels in `state` ("ON", "OFF" or "uncertain")."""
-        if state not in ("ON", "OFF", "uncertain"):
-            raise ValueError(
-                f"`state` must be 'ON', 'OFF' or 'uncertain'. Received: state={state!r}"
-            )
+        check_state(state, BatchNormAnalysis.states)
         if self.state is None:
             return float("nan")
         return float(np.mean(self.state == state))
@@ -86,65 +91,45 @@ class LayerStates:
         }
 
 
-class BatchNormAnalysis:
+class BatchNormAnalysis(LayerAnalysis):
     """The TLC analysis of a model: one `LayerStates` per collapsible
     activation, in graph order. `print()` it for a table; `plot()` draws it.
 
     Index it by position or by activation name; iterate over it.
+
+    Attributes:
+        confidence: float, the probability at which a channel is ON / OFF.
+        source: str, where the Gaussian model's mean and std come from:
+            "batchnorm" (beta and gamma) or "data" (measured,
+            `ActivationStatistics.gaussian_states`).
     """
 
-    def __init__(self, layers, confidence):
-        self.layers = list(layers)
+    title = "TLC: BatchNorm ON/OFF states"
+    score_name = "score (expected relative error)"
+    source_name = "BatchNorm"
+
+    def __init__(self, layers, confidence, source="batchnorm"):
+        super().__init__(layers)
         self.confidence = confidence
+        self.source = source
 
-    def __len__(self):
-        return len(self.layers)
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            for states in self.layers:
-                if states.name == key:
-                    return states
-            raise KeyError(
-                f"No collapsible activation named {key!r}. Available: "
-                f"{[s.name for s in self.layers]}"
-            )
-        return self.layers[key]
+    def heading(self):
+        where = "BatchNorm" if self.source == "batchnorm" else "Measured"
+        return (
+            f"{where} ON/OFF analysis ({len(self)} activations; ON/OFF at "
+            f"P >= {self.confidence:g}; score: expected relative error, lower "
+            "is safer)"
+        )
 
     def candidates(self):
         """The analysed layers that are not linearized yet, lowest score first."""
         found = [s for s in self.layers if s.analysed and not s.linearized]
         return sorted(found, key=lambda s: s.score)
 
-    def table(self):
-        from keras_collapse.report.channel_states import format_channel_states
-
-        return format_channel_states(self)
-
-    def __str__(self):
-        return self.table()
-
-    def plot(self, ax=None):
-        """Draws the ON / OFF / uncertain fractions and the score per layer.
-
-        Needs matplotlib (`pip install "keras-collapse[plot]"`).
-
-        Args:
-            ax: a matplotlib `Axes` to draw into, or None for a new figure.
-
-        Returns:
-            the matplotlib `Figure`.
-        """
-        from keras_collapse.report.channel_states import plot_channel_states
-
-        return plot_channel_states(self, ax=ax)
-
     def as_dict(self):
         return {
             "confidence": self.confidence,
+            "source": self.source,
             "layers": [s.as_dict() for s in self.layers],
         }
 
@@ -217,18 +202,28 @@ def _layer_states(pair, confidence):
         states.reason = "non-finite BatchNormalization weights"
         return states
     gamma, beta = batchnorm_arrays(bn)
-    alpha = _alpha_per_channel(layer, bn, len(beta))
+    axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
+    return fill_gaussian_states(states, layer, beta, gamma, axis, confidence)
+
+
+def fill_gaussian_states(states, layer, mean, std, axis, confidence):
+    """Fills `states` from the Gaussian model `z ~ N(mean, std^2)` of each
+    channel of `layer`'s pre-activation (`axis`: its channel axis); TLC reads
+    mean and std from a BatchNormalization's beta and gamma, or from data."""
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    alpha = _alpha_per_channel(layer, axis, len(mean))
     if layer.activation == "relu" and all(
         layer.activation_kwargs.get(k, v) == v for k, v in _RELU_DEFAULTS.items()
     ):
-        error_on, error_off = gaussian.relu_errors(beta, gamma, alpha)
+        error_on, error_off = gaussian.relu_errors(mean, std, alpha)
     else:
         error_on, error_off = gaussian.quadrature_errors(
-            lambda z: _activation_numpy(layer, z), beta, gamma, alpha
+            lambda z: _activation_numpy(layer, z), mean, std, alpha
         )
-    p_off = gaussian.probability_off(beta, gamma)
+    p_off = gaussian.probability_off(mean, std)
     off = error_off <= error_on
-    rms = np.sqrt(beta**2 + gamma**2)
+    rms = np.sqrt(mean**2 + std**2)
     relative = np.where(off, error_off, error_on) / np.where(rms > 0, rms, 1.0)
     states.p_off = p_off
     states.error_if_on = error_on
@@ -243,13 +238,12 @@ def _layer_states(pair, confidence):
     return states
 
 
-def _alpha_per_channel(layer, bn, channels):
-    """The blend slope of each channel (alphas shared along other axes are
-    averaged over them)."""
+def _alpha_per_channel(layer, axis, channels):
+    """The blend slope of each channel along `axis` of the input (alphas
+    shared along other axes are averaged over them)."""
     alpha = np.asarray(layer.alpha_numpy(), np.float64)
     if alpha.ndim == 0:
         return np.full(channels, float(alpha))
-    axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
     axis = axis % (alpha.ndim + 1) - 1  # alpha has no batch axis
     alpha = np.moveaxis(alpha, axis, -1).reshape(-1, alpha.shape[axis])
     return np.broadcast_to(alpha.mean(axis=0), (channels,)).astype(np.float64)

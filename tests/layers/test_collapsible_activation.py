@@ -147,8 +147,15 @@ class TestCollapsibleActivation(TestCase):
         )
         assert np.all(np.isfinite(history.history["loss"]))
 
-    def test_default_regularizer_is_linearity(self):
+    def test_no_pull_by_default(self):
+        # A pull moves every slope and BN statistics lag behind it: opt in.
         layer = kc.CollapsiblePReLU()
+        assert layer.alpha_regularizer is None
+        layer(self.random_inputs((2, 3)))
+        assert layer.losses == []
+
+    def test_linearity_regularizer_by_name(self):
+        layer = kc.CollapsiblePReLU(alpha_regularizer="linearity")
         assert isinstance(layer.alpha_regularizer, kc.LinearityRegularizer)
         layer(self.random_inputs((2, 3)))
         # alpha starts at 0: the penalty is factor * (1 - 0)^2.

@@ -1,0 +1,652 @@
+"""The decision engine every linearization callback shares: the policy.
+
+When to decide (warm-up, interval), how a change is made (at once or eased in
+over `ramp_epochs`), how it is judged (the guard, after BatchNorm statistics
+are re-estimated when there is data), rollback, patience, `max_layers`,
+`candidates`, logs, `events` and verbose lines live here. What to linearize
+next is a scorer's business (`keras_collapse.scores.scorers`); what
+"linearize" does to the weights is the action's (`linearize`, `ramp`).
+TLCCallback and EASIERCallback only choose a scorer.
+"""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+
+from keras_collapse import data as data_lib
+from keras_collapse.checks import check_int
+from keras_collapse.collapsible import sync_training_state
+from keras_collapse.graph import Graph
+from keras_collapse.linearize import rebuild_train_function
+from keras_collapse.ramp import Ramp
+from keras_collapse.recalibrate import BatchNormRecalibrator
+from keras_collapse.scores.pairs import find_pairs
+from keras_collapse.scores.scorers import as_scorer
+from keras_collapse.scores.statistics import statistics_on_graph
+
+
+class DecisionContext:
+    """What a scorer may use at one decision (see `scores.scorers`).
+
+    Attributes:
+        model: the training model.
+        rng: a seeded `np.random.Generator`.
+        sample: `(x, y, sample_weight)` the fixed labelled sample, or None.
+        data: the fixed unlabelled sample `x`, or None.
+    """
+
+    def __init__(self, callback):
+        self._callback = callback
+        self.model = callback.model
+        self.rng = callback._rng
+        self.sample = callback._sample
+        self.data = callback._data
+        self._statistics = None
+
+    def evaluate(self):
+        """`model.evaluate` on the labelled sample, as a dict."""
+        return self._callback._evaluate()
+
+    def statistics(self, pairs):
+        """`ActivationStatistics` of the candidates over the data sample,
+        measured once per decision."""
+        if self.data is None:
+            raise ValueError(
+                f"{type(self._callback).__name__}: this scorer needs data: pass "
+                "`data=x_sample`."
+            )
+        if self._statistics is None:
+            sync_training_state(self.model)
+            layers = [p.activation for p in pairs]
+            self._statistics = statistics_on_graph(
+                self.model,
+                self._callback._graph,
+                layers,
+                self.data,
+                self._callback.batch_size,
+            )
+        return self._statistics
+
+    def progress(self, total, what):
+        """A `keras.utils.Progbar` when the callback is verbose, else a
+        stand-in that prints nothing."""
+        return _Progress(total, what, self._callback.verbose)
+
+    def skip(self, name, reason):
+        """Leaves a candidate out for good (e.g. non-finite statistics)."""
+        self._callback.kept.append(name)
+        self._callback._event(
+            self._callback._last_epoch, "skipped", [name], reason=reason
+        )
+
+
+class _Progress:
+    def __init__(self, total, what, verbose):
+        self._bar = None
+        if verbose and total > 1:
+            print(f"\n{what}: {total}")
+            self._bar = keras.utils.Progbar(total, unit_name="candidate")
+
+    def update(self, n):
+        if self._bar is not None:
+            self._bar.update(n)
+
+
+class LinearizationCallback(keras.callbacks.Callback):
+    """Linearizes collapsible activations during `fit`, one decision every
+    `interval` epochs, guided by a scorer, and undoes what costs accuracy.
+
+    The shared policy of `TLCCallback`, `EASIERCallback` and custom methods:
+    pass a scorer (a `keras_collapse.scores.Scorer`, or a callable
+    `(context, pairs) -> [(pair, value), ...]`, lowest value safest) to use
+    your own ranking.
+
+    At every decision (after `warmup_epochs`, then every `interval` epochs):
+
+    1. With data, the BatchNormalization moving statistics are re-estimated
+       on the sample (`recalibrate_batchnorm`): inference then reflects what
+       the layers compute now, not a lagging average.
+    2. The last change is judged: if the monitored value fell more than
+       `tolerance` below its value when the change was made, every weight
+       goes back to that moment (the epochs since are lost) and the layer is
+       kept nonlinear.
+    3. The scorer ranks the remaining candidates; the first (and whatever
+       the scorer takes along) is linearized: eased in over `ramp_epochs`
+       (the slope pulled to 1, OFF channels faded to zero), then locked, with
+       OFF channels held at zero, or at once with `ramp_epochs=0`.
+
+    After `patience` rollbacks in a row, `max_layers` linearizations, or when
+    no candidate is left, the callback stops changing the model; no change is
+    made so late that it cannot be judged. At the end of training the BN
+    statistics are re-estimated once more (with data). Follow with
+    `keras_collapse.surgery`.
+
+    Logs each epoch `<prefix>_linearized`, `<prefix>_rollbacks` and, with a
+    labelled sample, `<prefix>_val_<metric>` (list the callback before
+    `CSVLogger` / `TensorBoard`); records `linearized`, `kept`, `rollbacks`,
+    `monitored` and `events` (a list of dicts). One instance serves several
+    `fit` calls.
+
+    Args:
+        scorer: a `Scorer` or callable, see above.
+        data: inputs for statistics and BN re-estimation: arrays (`x` or
+            `(x, y[, w])`), tf.data, PyDataset, DataLoader or iterable of
+            batches; a fixed sample of `samples` rows is drawn once.
+            Defaults to `None`.
+        validation_data: labelled `(x, y[, w])` data (same kinds); a fixed
+            sample of it guards the changes (its accuracy, else its loss)
+            and feeds scorers that measure the loss. Defaults to `None`.
+        warmup_epochs: int >= 1, epochs before the first decision.
+            Defaults to `1`.
+        interval: int >= 1, epochs between decisions. Defaults to `2`.
+        ramp_epochs: int in [0, interval], the epochs over which a change is
+            eased in (the rest of the interval is recovery before it is
+            judged); 0 switches at once. Defaults to `1`.
+        monitor: the guarded metric. "auto": with `validation_data`, the
+            accuracy (else loss) measured on its sample; without, the first
+            of `val_<accuracy>`, `<accuracy>`, `val_loss`, `loss` in `logs`.
+            Any other name is read from `logs`. Defaults to `"auto"`.
+        tolerance: float >= 0, how far the monitored value may fall: absolute
+            for accuracies (0.01 is one point), relative for losses (0.05 is
+            5 %). Defaults to `None`: 0.02 for accuracies, 0.05 for losses.
+        patience: int >= 1, rollbacks in a row after which it stops.
+            Defaults to `3`.
+        max_layers: int or None, the most activations to linearize.
+            Defaults to `None`.
+        candidates: list of activation names that may be linearized, or
+            None for all. Defaults to `None`.
+        recalibrate: bool or "auto", whether to re-estimate the BN statistics
+            (on the `data` sample; with True and only `validation_data`, on
+            its inputs) before each judgment and at the end. "auto": when
+            `data` is given. Defaults to `"auto"`.
+        samples: int, the size of the fixed samples. Defaults to `1024`.
+        batch_size: int, the batch size of measurements. Defaults to `128`.
+        seed: int, for the samples and random choices. Defaults to `0`.
+        verbose: 0 or 1, a line per decision and a progress bar for long
+            measurements. Defaults to `1`.
+    """
+
+    method = "LinearizationCallback"  # the name in lines and warnings
+    log_prefix = "linearization"
+
+    def __init__(
+        self,
+        scorer,
+        *,
+        data=None,
+        validation_data=None,
+        warmup_epochs=1,
+        interval=2,
+        ramp_epochs=1,
+        monitor="auto",
+        tolerance=None,
+        patience=3,
+        max_layers=None,
+        candidates=None,
+        recalibrate="auto",
+        samples=1024,
+        batch_size=128,
+        seed=0,
+        verbose=1,
+    ):
+        super().__init__()
+        self.scorer = as_scorer(scorer)
+        check_int("warmup_epochs", warmup_epochs, 1)
+        check_int("interval", interval, 1)
+        check_int("ramp_epochs", ramp_epochs, 0)
+        if ramp_epochs > interval:
+            raise ValueError(
+                "`ramp_epochs` must be at most `interval` (the change is judged "
+                f"at the next decision). Received: ramp_epochs={ramp_epochs}, "
+                f"interval={interval}"
+            )
+        check_int("patience", patience, 1)
+        check_int("samples", samples, 1)
+        check_int("batch_size", batch_size, 1)
+        if max_layers is not None:
+            check_int("max_layers", max_layers, 1)
+        if tolerance is not None and (
+            isinstance(tolerance, bool)
+            or not isinstance(tolerance, (int, float))
+            or not tolerance >= 0
+        ):
+            raise ValueError(
+                f"`tolerance` must be a number >= 0 or None. Received: "
+                f"tolerance={tolerance!r}"
+            )
+        if not isinstance(monitor, str):
+            raise ValueError(
+                "`monitor` must be 'auto' or a metric name. Received: "
+                f"monitor={monitor!r}"
+            )
+        if candidates is not None and (
+            isinstance(candidates, str)
+            or not all(isinstance(c, str) for c in candidates)
+        ):
+            raise ValueError(
+                "`candidates` must be a list of activation layer names or None. "
+                f"Received: candidates={candidates!r}"
+            )
+        if recalibrate not in ("auto", True, False):
+            raise ValueError(
+                "`recalibrate` must be 'auto', True or False. Received: "
+                f"recalibrate={recalibrate!r}"
+            )
+        for name, value in (("data", data), ("validation_data", validation_data)):
+            if value is not None and isinstance(value, (int, float, str, bytes)):
+                raise ValueError(
+                    f"`{name}` must be arrays or an iterable of batches. "
+                    f"Received: {type(value).__name__}"
+                )
+        if "data" in self.scorer.needs and data is None:
+            raise ValueError(
+                f"The {self.scorer.label} ranking measures statistics on data: "
+                "pass `data=x_sample`. Received: data=None"
+            )
+        if "labels" in self.scorer.needs and validation_data is None:
+            raise ValueError(
+                f"The {self.scorer.label} ranking measures each candidate on "
+                "labelled data: pass `validation_data=(x, y)`. Received: "
+                "validation_data=None"
+            )
+        self.data = data
+        self.validation_data = validation_data
+        self.warmup_epochs = warmup_epochs
+        self.interval = interval
+        self.ramp_epochs = ramp_epochs
+        self.monitor = monitor
+        self.tolerance = tolerance
+        self.patience = patience
+        self.max_layers = max_layers
+        self.candidates = None if candidates is None else list(candidates)
+        self.recalibrate = recalibrate
+        self.samples = samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+
+    # ------------------------------------------------------------- lifecycle
+    def on_train_begin(self, logs=None):
+        self.linearized, self.kept, self.events = [], [], []
+        self.rollbacks = 0
+        self._pending = None
+        self._ramp = None
+        self._best = None
+        self._stopped = False
+        self._rejections = 0
+        self._last_epoch = None
+        self._last_value = None
+        self._measured = math.nan
+        self.monitored = None
+        self._rng = np.random.default_rng(self.seed)
+        self._pairs = find_pairs(self.model)
+        if not self._pairs:
+            raise ValueError(
+                f"{self.method} found no collapsible activation in model "
+                f"'{self.model.name}'. Convert its activations first: "
+                "`model = keras_collapse.make_collapsible(model)` (then compile "
+                "and fit that model)."
+            )
+        names = [p.activation.name for p in self._pairs]
+        unknown = sorted(set(self.candidates or ()) - set(names))
+        if unknown:
+            raise ValueError(
+                f"`candidates` names layers that are not collapsible activations "
+                f"of model '{self.model.name}': {unknown}. Available: {names}"
+            )
+        self._graph = Graph.from_model(self.model)
+        n_inputs = len(self.model.inputs)
+        # Samples are drawn and checked here, before any change to the model.
+        self._sample = self._data = None
+        if self.validation_data is not None:
+            self._sample = data_lib.take_sample(
+                self.validation_data,
+                self.samples,
+                self.seed,
+                n_inputs=n_inputs,
+                labels=True,
+                what="validation_data",
+            )
+            data_lib.check_inputs(self.model, self._sample[0], "validation_data")
+        if self.data is not None:
+            self._data = data_lib.take_sample(
+                self.data, self.samples, self.seed, n_inputs=n_inputs, what="data"
+            )[0]
+            data_lib.check_inputs(self.model, self._data, "data")
+        # BN statistics come from the training inputs (`data`): re-estimating
+        # them on the validation sample would make the guard judge on the
+        # data the statistics were fitted to. With `recalibrate=True` and
+        # only validation data, its inputs are used.
+        calibration = self._data
+        if calibration is None and self.recalibrate is True and self._sample:
+            calibration = self._sample[0]
+        self._recalibrator = None
+        if calibration is not None and self.recalibrate in ("auto", True):
+            recalibrator = BatchNormRecalibrator(self.model)
+            if recalibrator.layers:
+                self._recalibrator = (recalibrator, calibration)
+        self._active = self._check_scorable()
+        if self._active and self._measures_itself():
+            self._best = self._value(None, {}, final=True)  # the baseline
+
+    def _check_scorable(self):
+        """Whether any candidate can be scored; warns once otherwise."""
+        if not self.scorer.batchnorm_only or any(
+            p.batchnorm is not None for p in self._pairs
+        ):
+            return True
+        if not getattr(self, "_warned_unscorable", False):
+            self._warned_unscorable = True
+            warnings.warn(self._unscorable_message(), stacklevel=3)
+        return False
+
+    def _unscorable_message(self):
+        return (
+            f"{self.method}: no collapsible activation of model "
+            f"'{self.model.name}' can be scored by the {self.scorer.label}; "
+            "this callback does nothing."
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._ramp is not None and not self._ramp.done:
+            self._ramp.step()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if self._active:
+            self._step(epoch, logs)
+        prefix = self.log_prefix
+        logs[f"{prefix}_linearized"] = float(len(self.linearized))
+        logs[f"{prefix}_rollbacks"] = float(self.rollbacks)
+        if self._measures_itself():
+            logs[f"{prefix}_val_{self.monitored or 'loss'}"] = float(self._measured)
+
+    def on_train_end(self, logs=None):
+        if not self._active:
+            return
+        if self._ramp is not None:
+            self._ramp.finish()
+        if self._pending is not None:
+            if not self._measures_itself() and (
+                self._last_epoch == self._pending["epoch"]
+            ):
+                self._rollback(self._last_epoch, None, "no epoch trained to judge it")
+            else:
+                self._recalibrate()
+                value = self._value(self._last_epoch, {}, final=True)
+                self._judge(self._last_epoch, value)
+        self._recalibrate()
+
+    # ------------------------------------------------------------- decisions
+    def _step(self, epoch, logs):
+        self._last_epoch = epoch
+        is_decision = (epoch + 1 - self.warmup_epochs) % self.interval == 0 and (
+            epoch + 1 >= self.warmup_epochs
+        )
+        if not is_decision:
+            self._value(epoch, logs, final=False)
+            return
+        if self._ramp is not None:
+            self._ramp.finish()
+        self._recalibrate()
+        value = self._value(epoch, logs, final=True)
+        if value is None:
+            return
+        if self._pending is not None:
+            self._judge(epoch, value)
+        elif self._best is None or self._better(value, self._best) == value:
+            self._best = value
+        if not self._stopped and self._room_after(epoch):
+            self._linearize_next(epoch)
+
+    def _judge(self, epoch, value):
+        pending, self._pending = self._pending, None
+        reference = pending["reference"]
+        if value is not None and self._within_tolerance(value, reference):
+            self._rejections = 0
+            self._best = self._better(value, reference)
+            self._event(
+                epoch, "accepted", pending["layers"], value=value, best=reference
+            )
+        else:
+            self._rollback(epoch, value, "the monitored value fell too far", pending)
+
+    def _rollback(self, epoch, value, reason, pending=None):
+        pending = pending or self._pending
+        self._pending = None
+        sync_training_state(self.model)
+        for record in reversed(pending["ramp"].records or []):
+            record.undo()
+        self.model.set_weights(pending["snapshot"])
+        rebuild_train_function(self.model)
+        self.rollbacks += 1
+        self._rejections += 1
+        for name in pending["layers"]:
+            self.linearized.remove(name)
+            self.kept.append(name)
+        self._event(
+            epoch,
+            "rolled back",
+            pending["layers"],
+            value=value,
+            best=pending["reference"],
+            reason=reason,
+        )
+        if self._rejections >= self.patience:
+            self._stop(epoch, f"{self._rejections} rollbacks in a row (patience)")
+
+    def _linearize_next(self, epoch):
+        if self.max_layers is not None and len(self.linearized) >= self.max_layers:
+            return self._stop(epoch, f"max_layers={self.max_layers} reached")
+        pool = self._candidate_pairs()
+        if not pool:
+            return self._stop(epoch, "no candidate left")
+        sync_training_state(self.model)
+        ranked = self.scorer(DecisionContext(self), pool)
+        if not ranked:
+            return self._stop(epoch, "no candidate with statistics left")
+        chosen = [ranked[0], *self.scorer.also_take(ranked)]
+        if self.max_layers is not None:
+            chosen = chosen[: self.max_layers - len(self.linearized)]
+        sync_training_state(self.model)
+        snapshot = self.model.get_weights()
+        steps = (self.params or {}).get("steps")
+        ramp_steps = self.ramp_epochs * steps if steps else 0
+        self._ramp = Ramp(self.model, chosen, ramp_steps)
+        layers = [s.pair.activation.name for s in chosen]
+        self.linearized.extend(layers)
+        self._pending = {
+            "epoch": epoch,
+            "layers": layers,
+            "ramp": self._ramp,
+            "snapshot": snapshot,
+            "reference": self._best,
+        }
+        off = [None if s.off is None else int(np.sum(s.off)) for s in chosen]
+        self._event(
+            epoch,
+            "linearized",
+            layers,
+            ranking=self.scorer.name,
+            label=self.scorer.label,
+            values=[s.value for s in chosen],
+            channels_off=off,
+            ramp_epochs=self.ramp_epochs if ramp_steps else 0,
+            ranked=[(s.pair.activation.name, s.value) for s in ranked],
+        )
+
+    def _stop(self, epoch, reason):
+        self._stopped = True
+        self._event(epoch, "stopped", [], reason=reason)
+
+    def _candidate_pairs(self):
+        done = set(self.linearized) | set(self.kept)
+        allowed = set(self.candidates) if self.candidates is not None else None
+        return [
+            p
+            for p in self._pairs
+            if p.activation.name not in done
+            and (allowed is None or p.activation.name in allowed)
+            and not p.activation.is_linear
+            and (not self.scorer.batchnorm_only or p.batchnorm is not None)
+        ]
+
+    def _recalibrate(self):
+        if self._recalibrator is None:
+            return
+        recalibrator, x = self._recalibrator
+        sync_training_state(self.model)
+        recalibrator.run(x, batch_size=self.batch_size)
+
+    # ------------------------------------------------------------ monitoring
+    def _value(self, epoch, logs, final):
+        """The monitored value now (None when it cannot be read)."""
+        if self._measures_itself():
+            if not final:
+                return None
+            result = self._evaluate()
+            self.monitored = self.monitored or _accuracy_key(result) or "loss"
+            self._measured = float(result[self.monitored])
+            self._last_value = self._measured
+            return self._measured
+        if not logs:
+            return self._last_value
+        if self.monitored is None:
+            self.monitored = self._resolve_monitor(logs)
+            if self.monitored is None:
+                return None
+        value = logs.get(self.monitored)
+        if value is None:
+            return None
+        self._last_value = float(value)
+        return self._last_value
+
+    def _resolve_monitor(self, logs):
+        if self.monitor != "auto":
+            if self.monitor not in logs:
+                self._active = False
+                warnings.warn(
+                    f"{self.method} monitors '{self.monitor}', which is not in "
+                    f"the logs (available: {sorted(logs)}); it makes no change "
+                    "to the model without it.",
+                    stacklevel=3,
+                )
+                return None
+            return self.monitor
+        accuracy = _accuracy_key(logs, prefix="val_") or _accuracy_key(logs)
+        for key in (accuracy, "val_loss", "loss"):
+            if key is not None and key in logs:
+                return key
+        self._active = False
+        warnings.warn(
+            f"{self.method} found neither an accuracy nor a loss in the logs "
+            f"(available: {sorted(logs)}); it makes no change to the model.",
+            stacklevel=3,
+        )
+        return None
+
+    def _evaluate(self):
+        sync_training_state(self.model)
+        x, y, w = self._sample
+        return self.model.evaluate(
+            x,
+            y,
+            sample_weight=w,
+            batch_size=self.batch_size,
+            verbose=0,
+            return_dict=True,
+        )
+
+    def _measures_itself(self):
+        """Whether the guard is the callback's own measurement on the
+        labelled sample (else a metric read from `logs`)."""
+        return getattr(self, "_sample", None) is not None and self.monitor == "auto"
+
+    def _maximize(self):
+        return "acc" in (self.monitored or "")
+
+    def _better(self, a, b):
+        return max(a, b) if self._maximize() else min(a, b)
+
+    def _within_tolerance(self, value, reference):
+        if reference is None or not math.isfinite(value):
+            return math.isfinite(value)
+        if self._maximize():
+            tolerance = 0.02 if self.tolerance is None else self.tolerance
+            return value >= reference - tolerance
+        tolerance = 0.05 if self.tolerance is None else self.tolerance
+        return value <= reference + tolerance * abs(reference)
+
+    def _room_after(self, epoch):
+        """Whether training lasts long enough to judge a change made now."""
+        epochs = (self.params or {}).get("epochs")
+        return epochs is None or epoch + self.interval <= epochs - 1
+
+    # --------------------------------------------------------------- records
+    def _event(self, epoch, action, layers, **details):
+        event = {
+            "epoch": None if epoch is None else epoch + 1,
+            "action": action,
+            "layers": list(layers),
+            **details,
+        }
+        self.events.append(event)
+        if self.verbose:
+            key = (
+                f"sample {self.monitored}"
+                if self._measures_itself()
+                else self.monitored
+            )
+            # A line of its own, after Keras' progress bar (as Keras' callbacks do).
+            print("\n" + _describe(self.method, event, key))
+
+
+def _accuracy_key(logs, prefix=""):
+    """The first accuracy-like key: `val_...acc...` with prefix "val_",
+    a training one without. The callbacks' own entries are skipped."""
+    for key in logs:
+        if not key.startswith(prefix) or _is_callback_entry(key):
+            continue
+        if (prefix or not key.startswith("val_")) and "acc" in key[len(prefix) :]:
+            return key
+    return None
+
+
+def _is_callback_entry(key):
+    """`<prefix>_linearized`, `<prefix>_val_<metric>`...: what a linearization
+    callback writes into the logs, never a metric to monitor."""
+    return key.endswith(("_linearized", "_rollbacks")) or (
+        "_val_" in key and not key.startswith("val_")
+    )
+
+
+def _describe(method, event, key):
+    epoch = "" if event["epoch"] is None else f"Epoch {event['epoch']}: "
+    layers = ", ".join(event["layers"])
+    action = event["action"]
+    if action == "linearized":
+        values = ", ".join(f"{v:.4g}" for v in event["values"])
+        off = sum(n for n in event["channels_off"] if n)
+        how = (
+            f"eased in over the next {event['ramp_epochs']} epoch(s)"
+            if event["ramp_epochs"]
+            else "at once"
+        )
+        return (
+            f"{epoch}{method} linearized {layers} ({event['label']} {values}; "
+            f"{off} OFF channels zeroed; {how})."
+        )
+    if action in ("accepted", "rolled back"):
+        value = event.get("value")
+        shown = "n/a" if value is None else f"{value:.4f}"
+        best = event.get("best")
+        best = "n/a" if best is None else f"{best:.4f}"
+        tail = f" ({event['reason']})" if event.get("reason") else ""
+        return (
+            f"{epoch}{method} {action} {layers}: {key} {shown}, best before "
+            f"{best}{tail}."
+        )
+    what = f" {layers}" if layers else ""
+    return f"{epoch}{method} {action}{what}: {event.get('reason', '')}."
