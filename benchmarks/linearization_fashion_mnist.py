@@ -1,36 +1,61 @@
-"""TLC on real data: how many activations go, at what accuracy, for what speed.
+"""Linearization methods on real data, side by side, on one epoch budget.
 
 For a ResNet-20-style and a MobileNetV2-style net on Fashion-MNIST: train a
-base model, then fine-tune copies of it with `TLCCallback`
-- without data (BN scores, guarded by training accuracy),
-- with validation data (measured loss increase on a fixed sample, guarded by
-  its accuracy),
-- with a random choice of layer on the same schedule and guard as the
-  data-free run (the baseline),
-then `surgery`. Reported per run: activations linearized out of total, test
-accuracy (linearized and collapsed), real depth / params / MACs after
-surgery, latency of the result vs the BN-folded base model (batch 1 and 64,
-measured side by side in this process) and the training epochs spent.
+base model, then fine-tune copies of it for the same number of epochs
+- with no callback (the control: what the extra epochs alone give),
+- with `TLCCallback()` (data-free: BN scores, guarded by training accuracy),
+- with `TLCCallback(data=x_train)` (Gaussian model fed with the mean / std
+  measured on a training sample; BN statistics re-estimated on it),
+- with `TLCCallback(validation_data=(x_val, y_val))` (measured loss ranking,
+  guarded by the sample's accuracy),
+- with `EASIERCallback(data=x_train, validation_data=(x_val, y_val))`
+  (ON/OFF entropy on a training sample, guarded on the validation sample),
+- with `TLCCallback(ranking="random")` (random layer, data-free schedule and
+  guard: the baseline a ranking must beat),
+then `surgery`. Reported per run: activations linearized out of total,
+rollbacks, test accuracy (of the fine-tuned model and of its surgery result,
+which must agree), test accuracy after `recalibrate_batchnorm` on the
+training sample, real depth / params / MACs after surgery, latency of the
+result vs the BN-folded base model (batch 1 and 64, measured side by side in
+this process), the training epochs spent and the fine-tuning wall time.
+
+The callbacks run on the library's defaults (warmup 1, interval 2, ramp 1)
+unless `--interval` / `--ramp-epochs` are given; the seed of the shuffling is
+the same for every fine-tuning run.
 
 Fashion-MNIST comes from `keras.datasets.fashion_mnist` (downloads on a
 machine with internet; offline, `apt-get install dataset-fashion-mnist` and
 copy /usr/share/datasets/fashion-mnist/*.gz into
-$KERAS_HOME/datasets/fashion-mnist/ — `scripts/dev.py run` does that).
+$KERAS_HOME/datasets/fashion-mnist/ -- `scripts/dev.py run` does that).
 `--dataset digits` runs a reduced version on scikit-learn's digits (what the
-tests run). The committed results (about an hour on 2 cores):
+tests run). The committed results: see benchmarks/README.md, e.g.
 
     python3 scripts/dev.py run --backend tensorflow \
-        benchmarks/tlc_fashion_mnist.py --out benchmarks/results/tlc_fashion_mnist
+        benchmarks/linearization_fashion_mnist.py \
+        --out benchmarks/results/linearization_fashion_mnist
 """
 
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BASE = "base (BN folded)"
+CONTROL = "fine-tune control"
+# `--runs` key -> the run's label in the table
+RUNS = {
+    "control": CONTROL,
+    "tlc": "TLC, data-free",
+    "tlc-data": "TLC, data",
+    "tlc-validation": "TLC, validation",
+    "easier": "EASIER",
+    "random": "random layer",
+}
 
 
 def load_data(name, train, val, test, seed):
@@ -57,8 +82,9 @@ def load_data(name, train, val, test, seed):
                 f"Fashion-MNIST is not available ({type(e).__name__}: {e}). "
                 "Offline: `apt-get install -y dataset-fashion-mnist`, then copy "
                 "/usr/share/datasets/fashion-mnist/*.gz into "
-                "$KERAS_HOME/datasets/fashion-mnist/ (or run this script through "
-                "`python3 scripts/dev.py run benchmarks/tlc_fashion_mnist.py`)"
+                "$KERAS_HOME/datasets/fashion-mnist/ (or run this script "
+                "through `python3 scripts/dev.py run "
+                "benchmarks/linearization_fashion_mnist.py`)"
             ) from None
         x = (x / 255.0).astype("float32")[..., None]
         x_test = (x_test / 255.0).astype("float32")[..., None][:test]
@@ -156,64 +182,92 @@ def accuracy(model, data):
     return result["accuracy"]
 
 
+def make_callback(run, args, train, val):
+    """The callback of one fine-tuning run (None for the control)."""
+    import keras_collapse as kc
+
+    schedule = {
+        key: value
+        for key, value in (
+            ("warmup_epochs", args.warmup),
+            ("interval", args.interval),
+            ("ramp_epochs", args.ramp_epochs),
+        )
+        if value is not None
+    }
+    common = dict(seed=args.seed, verbose=1, **schedule)
+    sized = dict(validation_samples=args.samples, **common)
+    if run == CONTROL:
+        return None
+    if run == "TLC, data-free":
+        return kc.TLCCallback(**common)
+    if run == "TLC, data":
+        return kc.TLCCallback(data=train[0], **sized)
+    if run == "TLC, validation":
+        return kc.TLCCallback(validation_data=val, **sized)
+    if run == "EASIER":
+        return kc.EASIERCallback(
+            data=train[0], validation_data=val, samples=args.samples, **common
+        )
+    if run == "random layer":
+        return kc.TLCCallback(ranking="random", **common)
+    raise ValueError(f"unknown run {run!r}")
+
+
 def run_model(name, args, data, log):
     import keras
 
     import keras_collapse as kc
 
     train, val, test = data
+    calibration = train[0][: args.samples]
     keras.utils.set_random_seed(args.seed)
     base = kc.make_collapsible(MODELS[name](train[0].shape[1:], args.width))
     compile_model(base, args.lr)
     start = time.time()
     base.fit(*train, batch_size=args.batch_size, epochs=args.base_epochs, verbose=0)
-    log(f"[{name}] base: {args.base_epochs} epochs in {time.time() - start:.0f} s")
+    base_seconds = time.time() - start
+    log(f"[{name}] base: {args.base_epochs} epochs in {base_seconds:.0f} s")
     total = len(kc.collapsible_layers(base))
     folded, folded_report = kc.surgery(base, return_report=True)
+    base_accuracy = accuracy(base, test)
     rows = [
         {
             "model": name,
-            "run": "base (BN folded)",
+            "run": BASE,
             "linearized": 0,
             "activations": total,
-            "accuracy": accuracy(base, test),
+            "rollbacks": 0,
+            "layers": [],
+            "accuracy": base_accuracy,
             "collapsed_accuracy": accuracy(folded, test),
+            "recalibrated_accuracy": accuracy(
+                kc.recalibrate_batchnorm(base, calibration), test
+            ),
             "depth": folded_report.after.depth,
             "params": folded_report.after.params,
             "macs": folded_report.after.macs,
             "epochs": args.base_epochs,
+            "fit_seconds": base_seconds,
             "speedup_b1": 1.0,
             "speedup_b64": 1.0,
         }
     ]
-    runs = {
-        "TLC, data-free": dict(fit_validation=False, callback={}),
-        "TLC, validation data": dict(
-            fit_validation=False, callback={"validation_data": val}
-        ),
-        "random layer": dict(fit_validation=False, callback={"ranking": "random"}),
-    }
     analyses = {}
-    for run, spec in runs.items():
-        keras.utils.set_random_seed(args.seed + 1)
+    for run in args.runs:
+        keras.utils.set_random_seed(args.seed + 1)  # same shuffles for every run
         model = compile_model(copy_model(base), args.lr * args.finetune_lr_factor)
-        tlc = kc.TLCCallback(
-            warmup_epochs=args.warmup,
-            interval=args.interval,
-            validation_samples=args.val_samples,
-            seed=args.seed,
-            verbose=1,
-            **spec["callback"],
-        )
+        callback = make_callback(run, args, train, val)
         start = time.time()
         model.fit(
             *train,
             batch_size=args.batch_size,
-            epochs=args.tlc_epochs,
-            callbacks=[tlc],
+            epochs=args.finetune_epochs,
+            callbacks=[callback] if callback is not None else [],
             verbose=0,
         )
-        log(f"[{name}] {run}: {args.tlc_epochs} epochs in {time.time() - start:.0f} s")
+        seconds = time.time() - start
+        log(f"[{name}] {run}: {args.finetune_epochs} epochs in {seconds:.0f} s")
         collapsed, report = kc.surgery(model, return_report=True)
         latency = kc.measure_latency(
             {"folded base": folded, "collapsed": collapsed},
@@ -222,25 +276,36 @@ def run_model(name, args, data, log):
         )
         speedup = latency["models"]["collapsed"]["speedup"]
         analyses[run] = kc.analyze_batchnorm(model)
+        events = [
+            {k: v for k, v in e.items() if k != "ranked"}
+            for e in (callback.events if callback is not None else [])
+        ]
         rows.append(
             {
                 "model": name,
                 "run": run,
-                "linearized": len(tlc.linearized),
+                "linearized": len(callback.linearized) if callback else 0,
                 "activations": total,
-                "rollbacks": tlc.rollbacks,
-                "layers": list(tlc.linearized),
+                "rollbacks": callback.rollbacks if callback else 0,
+                "layers": list(callback.linearized) if callback else [],
+                "monitored": callback.monitored if callback else None,
                 "accuracy": accuracy(model, test),
                 "collapsed_accuracy": accuracy(collapsed, test),
+                "recalibrated_accuracy": accuracy(
+                    kc.recalibrate_batchnorm(model, calibration), test
+                ),
                 "depth": report.after.depth,
                 "params": report.after.params,
                 "macs": report.after.macs,
-                "epochs": args.base_epochs + args.tlc_epochs,
+                "epochs": args.base_epochs + args.finetune_epochs,
+                "fit_seconds": seconds,
                 "speedup_b1": speedup[1],
                 "speedup_b64": speedup[64],
+                "events": events,
             }
         )
-        log(f"[{name}] {run}: {rows[-1]}")
+        shown = {k: v for k, v in rows[-1].items() if k != "events"}
+        log(f"[{name}] {run}: {shown}")
     return rows, analyses
 
 
@@ -251,28 +316,34 @@ def format_rows(rows):
         "model",
         "run",
         "linearized",
+        "rollbacks",
         "test acc",
-        "collapsed acc",
+        "after surgery",
+        "BN recal.",
         "depth",
         "params",
         "MACs",
         "latency b1",
         "latency b64",
         "epochs",
+        "fit s",
     )
     body = [
         (
             r["model"],
             r["run"],
             f"{r['linearized']}/{r['activations']}",
+            r["rollbacks"],
             f"{r['accuracy']:.4f}",
             f"{r['collapsed_accuracy']:.4f}",
+            f"{r['recalibrated_accuracy']:.4f}",
             r["depth"],
             f"{r['params']:,}",
             f"{r['macs']:,}",
             f"{r['speedup_b1']:.2f}x",
             f"{r['speedup_b64']:.2f}x",
             r["epochs"],
+            f"{r['fit_seconds']:.0f}",
         )
         for r in rows
     ]
@@ -286,24 +357,45 @@ def plot(rows, analyses, path):
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 8.5))
+    fig, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 9))
     axes = axes.reshape(2, len(models))
+    markers = "o^sDvP*X"
     for col, name in enumerate(models):
         ax = axes[0, col]
-        for r in (r for r in rows if r["model"] == name):
-            ax.scatter(r["linearized"], r["collapsed_accuracy"], s=50, label=r["run"])
-            ax.annotate(
-                f"{r['speedup_b64']:.2f}x", (r["linearized"], r["collapsed_accuracy"])
+        model_rows = [r for r in rows if r["model"] == name]
+        for i, r in enumerate(model_rows):
+            ax.scatter(
+                r["linearized"],
+                r["collapsed_accuracy"],
+                s=60,
+                marker=markers[i % len(markers)],
+                label=f"{r['run']} ({r['speedup_b64']:.2f}x b64)",
             )
-        total = next(r["activations"] for r in rows if r["model"] == name)
+        total = model_rows[0]["activations"]
         ax.set_xlabel(f"activations linearized (of {total})")
         ax.set_ylabel("test accuracy after surgery")
-        ax.set_title(f"{name}: accuracy vs layers removed (label: speedup b64)")
-        ax.legend(fontsize=8)
-        analyses[name]["TLC, data-free"].plot(ax=axes[1, col])
-        axes[1, col].set_title(f"{name}, after data-free TLC", fontsize=9)
+        ax.set_title(f"{name}: accuracy vs activations linearized")
+        ax.legend(fontsize=7)
+        bottom = axes[1, col]
+        if "TLC, data-free" in analyses.get(name, {}):
+            analyses[name]["TLC, data-free"].plot(ax=bottom)
+            bottom.set_title(f"{name}, BN analysis after data-free TLC", fontsize=9)
+        else:
+            bottom.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def command(argv):
+    """The command line, as one could type it again from the repository root."""
+    import keras
+
+    script = "benchmarks/linearization_fashion_mnist.py"
+    return shlex.join(
+        ["python3", "scripts/dev.py", "run", "--backend", keras.backend.backend()]
+        + [script, *argv]
+    )
 
 
 def main(argv=None):
@@ -312,20 +404,44 @@ def main(argv=None):
         "--dataset", choices=["fashion_mnist", "digits"], default="fashion_mnist"
     )
     parser.add_argument("--models", default="resnet20,mobilenetv2")
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        type=lambda s: [r.strip() for r in s.split(",") if r.strip()],
+        help=f"fine-tuning runs, a comma-separated subset of {list(RUNS)}",
+    )
     parser.add_argument("--train", type=int, default=6000)
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--test", type=int, default=5000)
-    parser.add_argument("--val-samples", type=int, default=1000)
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1024,
+        help="size of the callbacks' fixed samples (TLC's validation_samples, "
+        "EASIER's samples) and of the BN recalibration sample",
+    )
     parser.add_argument("--base-epochs", type=int, default=6)
-    parser.add_argument("--tlc-epochs", type=int, default=8)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=8,
+        help="epochs of every fine-tuning run, the control's included",
+    )
     parser.add_argument(
         "--width",
         type=int,
         default=16,
         help="channels of the first stage (ResNet: 16-32-64)",
     )
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--interval", type=int, default=1)
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="default: the library's (1)"
+    )
+    parser.add_argument(
+        "--interval", type=int, default=None, help="default: the library's (2)"
+    )
+    parser.add_argument(
+        "--ramp-epochs", type=int, default=None, help="default: the library's (1)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--finetune-lr-factor", type=float, default=0.3)
@@ -334,7 +450,12 @@ def main(argv=None):
     parser.add_argument(
         "--out", default=None, help="write <out>.txt, <out>.json and <out>.png"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.runs) - set(RUNS))
+    if unknown:
+        parser.error(f"unknown run(s) {unknown}; expected some of {list(RUNS)}")
+    args.runs = [RUNS[key] for key in args.runs]
 
     import keras
 
@@ -342,6 +463,7 @@ def main(argv=None):
         print(message, flush=True)
 
     started = time.time()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     data = load_data(args.dataset, args.train, args.val, args.test, args.seed)
     log(
         f"{args.dataset}: {len(data[0][0])} train / {len(data[1][0])} validation / "
@@ -351,18 +473,33 @@ def main(argv=None):
     for name in args.models.split(","):
         model_rows, analyses[name] = run_model(name, args, data, log)
         rows += model_rows
+    schedule = ", ".join(
+        f"{key} {'library default' if value is None else value}"
+        for key, value in (
+            ("warmup_epochs", args.warmup),
+            ("interval", args.interval),
+            ("ramp_epochs", args.ramp_epochs),
+        )
+    )
     text = "\n".join(
         [
-            f"TLC on {args.dataset} ({len(data[0][0])} train / {len(data[1][0])} "
-            f"val / {len(data[2][0])} test), backend {keras.backend.backend()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s",
-            "command: KERAS_BACKEND="
-            + keras.backend.backend()
-            + " python "
-            + " ".join(["benchmarks/tlc_fashion_mnist.py", *sys.argv[1:]]),
+            f"Linearization on {args.dataset} ({len(data[0][0])} train / "
+            f"{len(data[1][0])} val / {len(data[2][0])} test), backend "
+            f"{keras.backend.backend()} {keras.__version__}, "
+            f"{time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s in "
+            f"all, {os.cpu_count()} CPUs, load average {load:.1f} at start",
+            "command: " + command(argv),
             f"settings: {vars(args)}",
-            "latency: the collapsed model vs the BN-folded base, median of "
-            f"{args.repeats} interleaved runs (>1 = faster)",
+            f"callback schedule: {schedule}; every fine-tuning run (control "
+            f"included) trains {args.finetune_epochs} epochs after the "
+            f"{args.base_epochs} of the base",
+            "test acc: the fine-tuned model; after surgery: its surgery result "
+            "(the same up to float rounding); BN recal.: the model after "
+            f"recalibrate_batchnorm on {len(data[0][0][: args.samples])} "
+            "training images",
+            "latency: the surgery result vs the BN-folded base, median of "
+            f"{args.repeats} interleaved runs (>1 = faster); fit s: wall time "
+            "of the fine-tuning fit (callback included)",
             "",
             format_rows(rows),
         ]

@@ -108,10 +108,11 @@ def mobilenet_v2_style(lock="all", input_size=32, seed=0):
     return _finish(model, to_lock, seed)
 
 
-def resnet20_style(input_size=32, seed=0):
+def resnet20_style(input_size=32, seed=0, lock=True):
     """A CIFAR ResNet-20: 3 stages (16, 32, 64 channels) of 3 basic blocks,
-    each conv3x3-BN-act-conv3x3-BN + shortcut, then ReLU. The inner activation
-    of every block is locked linear; the one after the Add stays a ReLU."""
+    each conv3x3-BN-act-conv3x3-BN + shortcut, then ReLU. With `lock`, the
+    inner activation of every block is locked linear; the one after the Add
+    stays a ReLU."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3))
     x = layers.ReLU(name="stem_relu")(_conv_bn(inputs, 16, 3, "stem"))
@@ -132,7 +133,22 @@ def resnet20_style(input_size=32, seed=0):
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(10, name="classifier")(x)
     model = keras.Model(inputs, outputs, name="resnet20_style")
-    return _finish(model, to_lock, seed)
+    return _finish(model, to_lock if lock else [], seed)
+
+
+def cnn_blocks(filters=(16, 16, 32, 32, 64, 64), input_size=32, seed=0):
+    """Conv2D 3x3 'same' -> BN -> CollapsiblePReLU per entry of `filters`
+    (no stride, nothing locked), then global average pooling and a Dense."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_size, input_size, 3))
+    x = inputs
+    for i, n in enumerate(filters):
+        x = _conv_bn(x, n, 3, f"conv{i + 1}")
+        x = kc.CollapsiblePReLU(name=f"conv{i + 1}_act")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(10, name="classifier")(x)
+    model = keras.Model(inputs, outputs, name=f"cnn_{len(filters)}_blocks")
+    return _finish(model, [], seed)
 
 
 def mlp_blocks(blocks=4, width=256, expansion=4, seed=0):

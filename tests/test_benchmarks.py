@@ -1,20 +1,37 @@
-"""The TLC benchmark, reduced to sklearn digits: it runs, and its numbers
-agree with each other (surgery keeps accuracy; linearized counts add up)."""
+"""The linearization benchmark, reduced to sklearn digits: it runs, and its
+numbers agree with each other (surgery keeps accuracy; linearized counts add
+up; the control linearizes nothing; every run trains the same epochs)."""
 
-import keras
+import json
+
 import pytest
 
-from benchmarks import tlc_fashion_mnist as bench
+from benchmarks import linearization_fashion_mnist as bench
 
-# Each run builds ~20 models and traces their train/eval/predict steps: about
-# 30 s on torch, over 2 min on TensorFlow and JAX, where it runs with
-# --run-large. The callback itself is tested on every backend (tests/callbacks).
-pytestmark = [pytest.mark.large] if keras.backend.backend() != "torch" else []
+# Each run builds ~30 models and traces their train/eval/predict steps: about
+# a minute on torch, several on TensorFlow and JAX, where it runs with
+# --run-large. The callbacks themselves are tested on every backend
+# (tests/callbacks).
+# Large on every backend until the extended benchmark's reduced run is
+# verified (issue 8: left in progress); `-- --run-large` runs it.
+pytestmark = [pytest.mark.large]
+
+RUNS = [
+    "base (BN folded)",
+    "fine-tune control",
+    "TLC, data-free",
+    "TLC, data",
+    "TLC, validation",
+    "EASIER",
+    "random layer",
+]
 
 
-def test_tlc_benchmark_on_digits(tmp_path, capsys):
+def test_linearization_benchmark_on_digits(tmp_path):
     pytest.importorskip("sklearn")
-    out = tmp_path / "tlc_digits"
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "digits"
+    base_epochs, finetune_epochs = 2, 3
     rows = bench.main(
         [
             "--dataset",
@@ -29,32 +46,62 @@ def test_tlc_benchmark_on_digits(tmp_path, capsys):
             "200",
             "--test",
             "300",
-            "--val-samples",
+            "--samples",
             "200",
             "--base-epochs",
-            "2",
-            "--tlc-epochs",
-            "3",
-            "--interval",
-            "1",
+            str(base_epochs),
+            "--finetune-epochs",
+            str(finetune_epochs),
             "--repeats",
             "2",
             "--out",
             str(out),
         ]
     )
-    assert [r["run"] for r in rows] == [
-        "base (BN folded)",
-        "TLC, data-free",
-        "TLC, validation data",
-        "random layer",
-    ]
+    assert [r["run"] for r in rows] == RUNS
+    base, control, *methods = rows
+    total = base["activations"]
+    assert total == 16  # stem, 7 blocks x 2, head
     for r in rows:
         # The surgery result classifies exactly as the model it came from.
         assert r["collapsed_accuracy"] == pytest.approx(r["accuracy"], abs=1e-6)
-        assert 0 <= r["linearized"] <= r["activations"]
-        assert r["params"] <= rows[0]["params"] and r["macs"] <= rows[0]["macs"]
-    assert sum(r["linearized"] for r in rows[1:]) > 0
+        assert 0.0 <= r["recalibrated_accuracy"] <= 1.0
+        assert r["activations"] == total
+        assert 0 <= r["linearized"] <= total
+        assert r["linearized"] == len(r["layers"]) == len(set(r["layers"]))
+        assert r["rollbacks"] >= 0
+        assert r["params"] <= base["params"] and r["macs"] <= base["macs"]
+        assert 0 < r["depth"] <= base["depth"]
+        assert r["speedup_b1"] > 0 and r["speedup_b64"] > 0
+    assert base["epochs"] == base_epochs
+    assert base["speedup_b1"] == base["speedup_b64"] == 1.0
+    # The control is fine-tuned like the others, with nothing linearized.
+    assert control["linearized"] == 0 and control["rollbacks"] == 0
+    assert control["events"] == []
+    for r in [control, *methods]:
+        assert r["epochs"] == base_epochs + finetune_epochs
+    # Warm-up 1, interval 2 (the defaults): in 3 epochs one decision has
+    # room to be judged, so each method makes at most one change.
+    for r in methods:
+        changes = [e for e in r["events"] if e["action"] == "linearized"]
+        assert len(changes) <= 1 and r["rollbacks"] <= len(changes)
+        assert r["linearized"] == sum(
+            len(e["layers"]) for e in r["events"] if e["action"] == "linearized"
+        ) - sum(len(e["layers"]) for e in r["events"] if e["action"] == "rolled back")
+    assert sum(r["linearized"] + r["rollbacks"] for r in methods) > 0
+    # Every guard is an accuracy: the training one in the logs (data-free
+    # TLC, TLC with data, random) or the validation sample's (the others).
+    assert all(r["monitored"] == "accuracy" for r in methods)
     text = out.with_suffix(".txt").read_text()
-    assert "TLC, data-free" in text and "command:" in text
+    assert "command: python3 scripts/dev.py run" in text
+    assert "linearization_fashion_mnist.py --dataset digits" in text
+    for run in RUNS:
+        assert run in text
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert [r["run"] for r in saved] == RUNS
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_unknown_run_is_refused():
+    with pytest.raises(SystemExit):
+        bench.main(["--dataset", "digits", "--runs", "control,nope"])
