@@ -28,11 +28,13 @@ machine with internet; offline, `apt-get install dataset-fashion-mnist` and
 copy /usr/share/datasets/fashion-mnist/*.gz into
 $KERAS_HOME/datasets/fashion-mnist/ -- `scripts/dev.py run` does that).
 `--dataset digits` runs a reduced version on scikit-learn's digits (what the
-tests run). The committed results: see benchmarks/README.md, e.g.
+tests run). The defaults are the sizes of the committed results (about 30
+minutes on 2 shared cores with TensorFlow; the command is in the .txt):
 
-    python3 scripts/dev.py run --backend tensorflow \
-        benchmarks/linearization_fashion_mnist.py \
-        --out benchmarks/results/linearization_fashion_mnist
+    python3 scripts/dev.py run --backend tensorflow \\
+        benchmarks/linearization_fashion_mnist.py --train 3000 --val 500 \\
+        --test 2000 --width 8 --base-epochs 4 --finetune-epochs 8 \\
+        --repeats 10 --out benchmarks/results/linearization_fashion_mnist
 """
 
 import argparse
@@ -410,9 +412,9 @@ def main(argv=None):
         type=lambda s: [r.strip() for r in s.split(",") if r.strip()],
         help=f"fine-tuning runs, a comma-separated subset of {list(RUNS)}",
     )
-    parser.add_argument("--train", type=int, default=6000)
-    parser.add_argument("--val", type=int, default=1000)
-    parser.add_argument("--test", type=int, default=5000)
+    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--test", type=int, default=2000)
     parser.add_argument(
         "--samples",
         type=int,
@@ -420,7 +422,7 @@ def main(argv=None):
         help="size of the callbacks' fixed samples (TLC's validation_samples, "
         "EASIER's samples) and of the BN recalibration sample",
     )
-    parser.add_argument("--base-epochs", type=int, default=6)
+    parser.add_argument("--base-epochs", type=int, default=4)
     parser.add_argument(
         "--finetune-epochs",
         type=int,
@@ -430,8 +432,9 @@ def main(argv=None):
     parser.add_argument(
         "--width",
         type=int,
-        default=16,
-        help="channels of the first stage (ResNet: 16-32-64)",
+        default=8,
+        help="channels of the first stage (ResNet: width, 2 x, 4 x; 16 is "
+        "the original ResNet-20)",
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="default: the library's (1)"
@@ -445,7 +448,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--finetune-lr-factor", type=float, default=0.3)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", default=None, help="write <out>.txt, <out>.json and <out>.png"

@@ -3,7 +3,7 @@
     python3 scripts/dev.py demo    # train a small model on real data, collapse it
     python3 scripts/dev.py test    # the whole test suite, once per backend
     python3 scripts/dev.py test --backends jax -- -k prelu   # a subset
-    python3 scripts/dev.py run --backend tensorflow benchmarks/tlc_fashion_mnist.py
+    python3 scripts/dev.py run --backend jax benchmarks/latency.py
 
 The environment is a virtualenv in `.venv/` beside this folder, made and
 filled on first use (and again whenever pyproject.toml changes).

@@ -4,17 +4,20 @@ up; the control linearizes nothing; every run trains the same epochs)."""
 
 import json
 
+import keras
 import pytest
 
 from benchmarks import linearization_fashion_mnist as bench
 
 # Each run builds ~30 models and traces their train/eval/predict steps: about
-# a minute on torch, several on TensorFlow and JAX, where it runs with
-# --run-large. The callbacks themselves are tested on every backend
-# (tests/callbacks).
-# Large on every backend until the extended benchmark's reduced run is
-# verified (issue 8: left in progress); `-- --run-large` runs it.
-pytestmark = [pytest.mark.large]
+# 70 s on torch (verified 2026-12-01 with a benchmark sharing the 2 CPUs),
+# several minutes on TensorFlow and JAX, where it runs with --run-large. The
+# callbacks themselves are tested on every backend (tests/callbacks).
+
+
+def large_off_torch(test):
+    return pytest.mark.large(test) if keras.backend.backend() != "torch" else test
+
 
 RUNS = [
     "base (BN folded)",
@@ -27,6 +30,7 @@ RUNS = [
 ]
 
 
+@large_off_torch
 def test_linearization_benchmark_on_digits(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
@@ -70,7 +74,9 @@ def test_linearization_benchmark_on_digits(tmp_path):
         assert 0 <= r["linearized"] <= total
         assert r["linearized"] == len(r["layers"]) == len(set(r["layers"]))
         assert r["rollbacks"] >= 0
-        assert r["params"] <= base["params"] and r["macs"] <= base["macs"]
+        # The surgery merges only what costs fewer MACs (a merged 3x3 may
+        # hold more params than the layers it replaces).
+        assert r["macs"] <= base["macs"]
         assert 0 < r["depth"] <= base["depth"]
         assert r["speedup_b1"] > 0 and r["speedup_b64"] > 0
     assert base["epochs"] == base_epochs

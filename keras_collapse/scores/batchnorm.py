@@ -54,6 +54,7 @@ class LayerStates:
     state: np.ndarray | None = None
     score: float | None = None
     reason: str | None = None
+    measured_on: str | None = None  # "1024 samples" when fed from data
 
     @property
     def analysed(self):
@@ -66,8 +67,9 @@ class LayerStates:
 
     @property
     def source(self):
-        """str or None, what the statistics were read from (the BN's name)."""
-        return self.batchnorm
+        """str or None, what the statistics were read from (the BN's name,
+        or the sample they were measured on)."""
+        return self.batchnorm or self.measured_on
 
     def fraction(self, state):
         """The fraction of channels in `state` ("ON", "OFF" or "uncertain")."""
@@ -106,12 +108,15 @@ class BatchNormAnalysis(LayerAnalysis):
 
     title = "TLC: BatchNorm ON/OFF states"
     score_name = "score (expected relative error)"
-    source_name = "BatchNorm"
 
     def __init__(self, layers, confidence, source="batchnorm"):
         super().__init__(layers)
         self.confidence = confidence
         self.source = source
+
+    @property
+    def source_name(self):
+        return "BatchNorm" if self.source == "batchnorm" else "Measured on"
 
     def heading(self):
         where = "BatchNorm" if self.source == "batchnorm" else "Measured"

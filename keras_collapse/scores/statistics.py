@@ -154,6 +154,7 @@ class ActivationStatistics(LayerAnalysis):
                 activation=s.activation,
                 batchnorm=None,
                 linearized=s.linearized,
+                measured_on=s.source,
             )
             if np.all(np.isfinite(s.mean)) and np.all(np.isfinite(s.std)):
                 fill_gaussian_states(

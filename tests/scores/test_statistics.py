@@ -260,7 +260,10 @@ class TestReport(TestCase):
         assert f"{stats['a1'].entropy:.3f}" in row
         tlc = stats.gaussian_states()
         assert tlc.source == "data" and tlc["a1"].score is not None
-        assert "Measured ON/OFF" in str(tlc)
+        table = str(tlc)
+        assert "Measured ON/OFF" in table and "Measured on" in table
+        row = next(line for line in table.splitlines() if line.startswith("a1"))
+        assert "20 samples" in row
 
     def test_plot_uses_the_shared_figure(self):
         pytest.importorskip("matplotlib")
