@@ -23,11 +23,10 @@ import statistics
 import sys
 import time
 
-from common import BACKENDS
+from common import add_run_options
 from common import command_line
 from common import limit_threads
 from common import machine_line
-from common import parse_backends
 from common import run_all_backends
 from common import save
 from common import table
@@ -215,12 +214,6 @@ def run_here(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--backends",
-        type=parse_backends,
-        help=f"comma-separated subset of {BACKENDS}: one subprocess per "
-        "backend and a combined table. Default: the current KERAS_BACKEND only",
-    )
-    parser.add_argument(
         "--models",
         default=",".join(MODELS),
         type=lambda s: [m for m in s.split(",") if m],
@@ -229,14 +222,7 @@ def main():
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", help="also write the tables to this file")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="compute threads per backend (see common.limit_threads). "
-        "Default: each backend's own choice",
-    )
-    parser.add_argument("--json", help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:

@@ -2,6 +2,7 @@
 parent of a `--backends` run must not import Keras, because `KERAS_BACKEND`
 is read once, at Keras' first import."""
 
+import argparse
 import datetime
 import json
 import os
@@ -210,3 +211,22 @@ def parse_backends(value):
             f"Received: {value!r}"
         )
     return backends
+
+
+def add_run_options(parser, out_help="also write the tables to this file"):
+    """The options every per-backend benchmark takes: --backends, --out,
+    --threads, and the hidden --json its per-backend children write to."""
+    parser.add_argument(
+        "--backends",
+        type=parse_backends,
+        help=f"comma-separated subset of {BACKENDS}: one subprocess per "
+        "backend and a combined table. Default: the current KERAS_BACKEND only",
+    )
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="compute threads per backend (see limit_threads); 1 is far "
+        "steadier on a busy machine. Default: each backend's own choice",
+    )
+    parser.add_argument("--json", help=argparse.SUPPRESS)

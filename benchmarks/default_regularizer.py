@@ -34,11 +34,10 @@ import statistics
 import sys
 import time
 
-from common import BACKENDS
+from common import add_run_options
 from common import command_line
 from common import limit_threads
 from common import machine_line
-from common import parse_backends
 from common import run_all_backends
 from common import save
 from common import table
@@ -281,12 +280,6 @@ def run_here(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--backends",
-        type=parse_backends,
-        help=f"comma-separated subset of {BACKENDS}: one subprocess per "
-        "backend and a combined table. Default: the current KERAS_BACKEND only",
-    )
-    parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
         type=lambda s: [v for v in s.split(",") if v],
@@ -301,14 +294,7 @@ def main():
     )
     parser.add_argument("--epochs", type=int, default=18)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", help="also write the tables to this file")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="compute threads per backend (see common.limit_threads). "
-        "Default: each backend's own choice",
-    )
-    parser.add_argument("--json", help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:

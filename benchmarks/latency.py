@@ -21,11 +21,10 @@ import math
 import sys
 import time
 
-from common import BACKENDS
+from common import add_run_options
 from common import command_line
 from common import limit_threads
 from common import machine_line
-from common import parse_backends
 from common import run_all_backends
 from common import save
 from common import table
@@ -272,12 +271,6 @@ def _notes(rows, slower_than):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--backends",
-        type=parse_backends,
-        help=f"comma-separated subset of {BACKENDS}: one subprocess per "
-        "backend and a combined table. Default: the current KERAS_BACKEND only",
-    )
-    parser.add_argument(
         "--cases",
         default="".join(CASES),
         type=lambda s: [c for c in s.replace(",", "") if c],
@@ -299,14 +292,7 @@ def main():
         default=0.95,
         help="flag ratios below this as slower (0.95 leaves room for noise)",
     )
-    parser.add_argument("--out", help="also write the tables to this file")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="compute threads per backend (see common.limit_threads); 1 is "
-        "far steadier on a busy machine. Default: each backend's own choice",
-    )
-    parser.add_argument("--json", help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:

@@ -21,11 +21,10 @@ import statistics
 import sys
 import time
 
-from common import BACKENDS
+from common import add_run_options
 from common import command_line
 from common import limit_threads
 from common import machine_line
-from common import parse_backends
 from common import run_all_backends
 from common import save
 from common import table
@@ -205,12 +204,6 @@ def run_here(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--backends",
-        type=parse_backends,
-        help=f"comma-separated subset of {BACKENDS}: one subprocess per "
-        "backend and a combined table. Default: the current KERAS_BACKEND only",
-    )
-    parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {', '.join(QUICK)}, 1 run"
     )
     parser.add_argument(
@@ -219,14 +212,7 @@ def main():
         help=f"comma-separated subset of {', '.join(DEFAULT)}",
     )
     parser.add_argument("--runs", type=int, help="timed runs per step. Default: 3")
-    parser.add_argument("--out", help="also write the table to this file")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="compute threads per backend (see common.limit_threads); 1 is "
-        "far steadier on a busy machine. Default: each backend's own choice",
-    )
-    parser.add_argument("--json", help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.models or ()) - set(DEFAULT))
     if unknown:
