@@ -24,13 +24,10 @@ import sys
 import time
 
 from common import add_run_options
-from common import command_line
-from common import limit_threads
-from common import machine_line
-from common import run_all_backends
+from common import dispatch
+from common import header_lines
 from common import save
 from common import table
-from common import versions_line
 from common import wrap
 from common import write_json
 
@@ -176,12 +173,7 @@ def combined_table(collected):
 
 
 def run_here(args):
-    lines = [
-        f"# {command_line()}",
-        f"# {machine_line()}",
-        f"# {versions_line()}",
-    ]
-    print("\n".join(lines), flush=True)
+    lines = header_lines()
     rows = []
     for name in args.models:
         began = time.perf_counter()
@@ -227,19 +219,15 @@ def main():
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; expected some of {list(MODELS)}")
-    limit_threads(args.threads)  # before Keras is imported; children inherit it
-    if args.backends:
-        return run_all_backends(
-            __file__,
-            args.backends,
-            "activation_statistics(model, x) time / model.predict(x) time "
-            f"(target <= {TARGET}x); probe: the probe model reused; predict: "
-            "seconds per predict",
-            combined_table,
-            args.out,
-        )
-    run_here(args)
-    return 0
+    return dispatch(
+        args,
+        __file__,
+        "activation_statistics(model, x) time / model.predict(x) time "
+        f"(target <= {TARGET}x); probe: the probe model reused; predict: "
+        "seconds per predict",
+        combined_table,
+        run_here,
+    )
 
 
 if __name__ == "__main__":

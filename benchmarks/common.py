@@ -230,3 +230,21 @@ def add_run_options(parser, out_help="also write the tables to this file"):
         "steadier on a busy machine. Default: each backend's own choice",
     )
     parser.add_argument("--json", help=argparse.SUPPRESS)
+
+
+def header_lines():
+    """The command, machine and versions lines every result file opens with
+    (printed as they are made, so a long run shows what it is at once)."""
+    lines = [f"# {command_line()}", f"# {machine_line()}", f"# {versions_line()}"]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def dispatch(args, script, title, combine, run_here):
+    """A benchmark's main after its arguments are parsed: one subprocess per
+    backend and a combined table with `--backends`, else `run_here(args)`."""
+    limit_threads(args.threads)  # before Keras is imported; children inherit it
+    if args.backends:
+        return run_all_backends(script, args.backends, title, combine, args.out)
+    run_here(args)
+    return 0

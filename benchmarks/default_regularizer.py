@@ -35,13 +35,10 @@ import sys
 import time
 
 from common import add_run_options
-from common import command_line
-from common import limit_threads
-from common import machine_line
-from common import run_all_backends
+from common import dispatch
+from common import header_lines
 from common import save
 from common import table
-from common import versions_line
 from common import wrap
 from common import write_json
 
@@ -232,12 +229,7 @@ def _range(rows, low, high):
 
 
 def run_here(args):
-    lines = [
-        f"# {command_line()}",
-        f"# {machine_line()}",
-        f"# {versions_line()}",
-    ]
-    print("\n".join(lines), flush=True)
+    lines = header_lines()
     rows = []
     for seed in args.seeds:
         for variant in args.variants:
@@ -301,19 +293,15 @@ def main():
         parser.error(f"unknown variant(s) {unknown}; expected some of {list(VARIANTS)}")
     if args.epochs < LAST:
         parser.error(f"--epochs must be at least {LAST}")
-    limit_threads(args.threads)  # before Keras is imported; children inherit it
-    if args.backends:
-        return run_all_backends(
-            __file__,
-            args.backends,
-            f"Validation accuracy over the last {LAST} and {SETTLED} epochs "
-            "(min-max over seeds), final (mean over seeds) and final after "
-            "recalibrate_batchnorm (mean over seeds)",
-            combined_table,
-            args.out,
-        )
-    run_here(args)
-    return 0
+    return dispatch(
+        args,
+        __file__,
+        f"Validation accuracy over the last {LAST} and {SETTLED} epochs "
+        "(min-max over seeds), final (mean over seeds) and final after "
+        "recalibrate_batchnorm (mean over seeds)",
+        combined_table,
+        run_here,
+    )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,10 @@ import sys
 import time
 
 from common import add_run_options
-from common import command_line
-from common import limit_threads
-from common import machine_line
-from common import run_all_backends
+from common import dispatch
+from common import header_lines
 from common import save
 from common import table
-from common import versions_line
 from common import wrap
 from common import write_json
 
@@ -198,12 +195,7 @@ def _ms(milliseconds):
 
 
 def run_here(args):
-    lines = [
-        f"# {command_line()}",
-        f"# {machine_line()}",
-        f"# {versions_line()}",
-    ]
-    print("\n".join(lines), flush=True)
+    lines = header_lines()
     rows = []
     for case in args.cases:
         began = time.perf_counter()
@@ -297,18 +289,14 @@ def main():
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; expected some of {list(CASES)}")
-    limit_threads(args.threads)  # before Keras is imported; children inherit it
-    if args.backends:
-        return run_all_backends(
-            __file__,
-            args.backends,
-            "Latency ratio, BN-folded time / surgery-result time (> 1: faster); in "
-            "brackets the same ratio between two copies of the BN-folded model (noise)",
-            combined_table,
-            args.out,
-        )
-    run_here(args)
-    return 0
+    return dispatch(
+        args,
+        __file__,
+        "Latency ratio, BN-folded time / surgery-result time (> 1: faster); in "
+        "brackets the same ratio between two copies of the BN-folded model (noise)",
+        combined_table,
+        run_here,
+    )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,10 @@ import sys
 import time
 
 from common import add_run_options
-from common import command_line
-from common import limit_threads
-from common import machine_line
-from common import run_all_backends
+from common import dispatch
+from common import header_lines
 from common import save
 from common import table
-from common import versions_line
 from common import wrap
 from common import write_json
 
@@ -182,12 +179,7 @@ def run_here(args):
     if args.models:
         names = args.models
     runs = 1 if args.quick and args.runs is None else args.runs or 3
-    lines = [
-        f"# {command_line()}",
-        f"# {machine_line()}",
-        f"# {versions_line()}",
-    ]
-    print("\n".join(lines), flush=True)
+    lines = header_lines()
     rows = []
     for name in names:
         began = time.perf_counter()
@@ -217,18 +209,14 @@ def main():
     unknown = sorted(set(args.models or ()) - set(DEFAULT))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; expected some of {list(DEFAULT)}")
-    limit_threads(args.threads)  # before Keras is imported; children inherit it
-    if args.backends:
-        return run_all_backends(
-            __file__,
-            args.backends,
-            "Surgery wall time / one clone_model of the same model (medians), and the "
-            "first surgery(model) call on each model, in seconds",
-            combined_table,
-            args.out,
-        )
-    run_here(args)
-    return 0
+    return dispatch(
+        args,
+        __file__,
+        "Surgery wall time / one clone_model of the same model (medians), and the "
+        "first surgery(model) call on each model, in seconds",
+        combined_table,
+        run_here,
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_collapse.channel_moments import MomentsProbe
 from keras_collapse.channel_moments import channel_axis
+from keras_collapse.checks import check_int
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.graph import Graph
 from keras_collapse.scores.batchnorm import BatchNormAnalysis
@@ -219,8 +220,6 @@ def activation_statistics(
     Reference:
         EASIER, arXiv 2404.18949.
     """
-    from keras_collapse.checks import check_int
-
     check_int("batch_size", batch_size, 1)
     if max_samples is not None:
         check_int("max_samples", max_samples, 1)

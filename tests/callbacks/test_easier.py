@@ -185,15 +185,6 @@ class TestDataDrivenTLC(TestCase):
         assert first["ranking"] == "statistics" and first["layers"] == ["always_on"]
         assert dict(first["ranked"])["after_add"] > dict(first["ranked"])["always_on"]
 
-    def test_no_bn_warning_names_the_data_option(self):
-        inputs = keras.Input((4,))
-        h = kc.CollapsiblePReLU(name="act")(layers.Dense(4)(inputs))
-        model = keras.Model(inputs, layers.Dense(1)(h))
-        model.compile("sgd", "mse")
-        x = np.zeros((8, 4), "float32")
-        with pytest.warns(UserWarning, match="data=x_sample"):
-            model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[kc.TLCCallback()])
-
 
 class TestEngine(TestCase):
     def test_a_custom_scorer(self):
