@@ -53,9 +53,13 @@ class Moments:
     m2: np.ndarray | None = None
 
     def add(self, batch):
-        """Merges a `ChannelMoments` output (`(4, channels)`)."""
-        on, count, mean, m2 = np.asarray(batch, np.float64)
-        self.merge(Moments(count, on, mean, m2))
+        """Merges a `ChannelMoments` output: `(4, channels)`, or one such
+        block per replica stacked along axis 0 (`(4 * replicas, channels)`),
+        as a model built in a `tf.distribute` strategy's scope returns."""
+        batch = np.asarray(batch, np.float64)
+        for on, count, mean, m2 in batch.reshape(-1, 4, batch.shape[-1]):
+            if np.any(count > 0):  # a replica may get no rows of a last batch
+                self.merge(Moments(count, on, mean, m2))
 
     def merge(self, other):
         """Merges the moments of other values of the same channels."""

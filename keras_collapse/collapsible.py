@@ -27,17 +27,25 @@ def collapsible_layers(model):
             f"Expected a keras.Model. Received: {model!r} of type "
             f"{type(model).__name__}"
         )
+    return [
+        layer
+        for layer in model_layers(model)
+        if isinstance(layer, CollapsibleActivation)
+    ]
+
+
+def model_layers(model):
+    """Every layer of `model` in graph order, nested models searched (and
+    listed), a shared layer once."""
     found, seen = [], set()
 
     def visit(container):
-        for layer in container.layers:
-            if id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            if isinstance(layer, CollapsibleActivation):
+        for layer in getattr(container, "layers", ()):
+            if id(layer) not in seen:
+                seen.add(id(layer))
                 found.append(layer)
-            elif isinstance(layer, keras.Model):
-                visit(layer)
+                if isinstance(layer, keras.Model):
+                    visit(layer)
 
     visit(model)
     return found
@@ -54,6 +62,28 @@ def sync_training_state(model):
     sync = getattr(model, "jax_state_sync", None)
     if sync is not None:
         sync()
+
+
+def layer_list(layers, what="layers"):
+    """`layers` (a layer, a name, or a list / tuple of them) as a list.
+
+    Raises:
+        ValueError: for anything else, e.g. an int (a count is not a choice:
+            rank the layers with `analyze_batchnorm` or `activation_statistics`
+            and pass the chosen names).
+    """
+    if isinstance(layers, (str, keras.layers.Layer)):
+        return [layers]
+    if isinstance(layers, (list, tuple)) and all(
+        isinstance(item, (str, keras.layers.Layer)) for item in layers
+    ):
+        return list(layers)
+    raise ValueError(
+        f"`{what}` must be a collapsible activation layer, its name, or a list "
+        "of them; for TLC's best three: `[s.name for s in "
+        "analyze_batchnorm(model).candidates()[:3]]`. Received: "
+        f"{what}={layers!r} of type {type(layers).__name__}"
+    )
 
 
 def lock_linear(model, layers):
@@ -75,10 +105,8 @@ def lock_linear(model, layers):
     """
     candidates = collapsible_layers(model)
     by_name = {layer.name: layer for layer in candidates}
-    if isinstance(layers, (str, keras.layers.Layer)):
-        layers = [layers]
     chosen = []
-    for item in layers:
+    for item in layer_list(layers):
         layer = by_name.get(item) if isinstance(item, str) else item
         if layer is None or all(layer is not c for c in candidates):
             raise ValueError(

@@ -13,9 +13,18 @@ import keras
 import numpy as np
 
 
-def unpack(batch):
+def unpack(batch, n_inputs=None):
     """`(x, y, sample_weight)` of one batch, as Keras reads a batch: a tuple
-    of 2 or 3 is `(x, y[, w])`, a tuple of 1 is `(x,)`, anything else is x."""
+    of 2 or 3 is `(x, y[, w])`, a tuple of 1 is `(x,)`, anything else is x.
+    A list is read as a tuple (a torch `DataLoader` yields `[x, y]`), unless
+    it is the `n_inputs` arrays of a multi-input model's x."""
+    if isinstance(batch, list) and not (
+        n_inputs
+        and n_inputs > 1
+        and len(batch) == n_inputs
+        and _is_array_structure(batch, n_inputs)
+    ):
+        batch = tuple(batch)
     if isinstance(batch, tuple):
         if len(batch) == 1:
             return batch[0], None, None
@@ -84,7 +93,7 @@ def iter_batches(data, batch_size, *, n_inputs=None, max_samples=None, what="dat
     for batch in _batches(data, batch_size, n_inputs, max_samples, what):
         x, y, w = (
             None if part is None else keras.tree.map_structure(to_numpy, part)
-            for part in unpack(batch)
+            for part in unpack(batch, n_inputs)
         )
         n = rows(x)
         if count + n > limit:

@@ -13,6 +13,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_collapse.collapsible import layer_list
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.scores.batchnorm import _layer_states
 from keras_collapse.scores.pairs import find_pairs
@@ -116,10 +117,8 @@ def select_pairs(model, layers, pairs=None):
     """The `Pair`s of `layers` (layers or names) among `model`'s activations."""
     pairs = find_pairs(model) if pairs is None else pairs
     by_name = {p.activation.name: p for p in pairs}
-    if isinstance(layers, (str, keras.layers.Layer)):
-        layers = [layers]
     chosen = []
-    for item in layers:
+    for item in layer_list(layers):
         name = item if isinstance(item, str) else getattr(item, "name", None)
         pair = by_name.get(name)
         if pair is None or (not isinstance(item, str) and pair.activation is not item):

@@ -1,5 +1,7 @@
 """`surgery`: rebuild a model with its linear runs merged, and prove it."""
 
+import keras
+
 from keras_collapse.cost_model import MacCostModel
 from keras_collapse.graph import Graph
 from keras_collapse.passes.batchnorm import fold_batchnorms
@@ -9,11 +11,13 @@ from keras_collapse.passes.journal import Journal
 from keras_collapse.passes.merge import merge_runs
 from keras_collapse.passes.plain import restore_plain_activations
 from keras_collapse.passes.residual import absorb_residuals
+from keras_collapse.passes.safe_forms import use_safe_forms
 from keras_collapse.report.stats import model_stats
 from keras_collapse.report.surgery_report import SurgeryReport
+from keras_collapse.sample_inputs import random_inputs
+from keras_collapse.sample_inputs import read_sample_inputs
 from keras_collapse.verify import VerificationError
-from keras_collapse.verify import output_deviation
-from keras_collapse.verify import random_inputs
+from keras_collapse.verify import verify_equivalent
 
 # Merging can open new merges (a residual absorbed into a conv makes it part of
 # a longer run); a few rounds reach the fixed point on every model seen.
@@ -29,6 +33,7 @@ def surgery(
     cost_model=None,
     verify=True,
     tolerance=1e-5,
+    sample_inputs=None,
     input_shape=None,
     return_report=False,
     verbose=False,
@@ -47,8 +52,12 @@ def surgery(
        (`cost_model`), and absorbs identity / 1x1 residual `Add`s into the
        merged kernel;
     5. turns the remaining collapsible activations back into plain Keras
-       layers (ReLU, PReLU, Activation), so the result loads without
-       keras_collapse unless an exact merge needed a `BiasMap`.
+       layers (ReLU, PReLU, Activation; a partial blend into Activation,
+       Rescaling and Add), and a border-aware bias into a `Rescaling` offset,
+       so the result loads with plain Keras, in a process that never imports
+       keras_collapse; a pattern a backend is known to compile wrongly is
+       emitted in an equivalent form it computes right (`passes/safe_forms`);
+    6. keeps the model's outside: input and output names, output dtypes.
 
     Args:
         model: a Functional or Sequential `keras.Model` (nested models are
@@ -63,11 +72,20 @@ def surgery(
             agrees) and the measured deviation is reported. Defaults to `True`.
         cost_model: callable `(kind, kernel_shape, output_positions) -> cost`;
             see `MacCostModel`. Defaults to `MacCostModel()` (MACs).
-        verify: bool. Run both models on random inputs and raise
-            `VerificationError` if they differ by more than `tolerance` (exact
-            mode), or record the deviation (inexact mode). Defaults to `True`.
+        verify: bool. Run both models and raise `VerificationError` if they
+            differ by more than `tolerance` (exact mode), or record the
+            deviation (inexact mode). The result runs eagerly and compiled
+            (`predict_on_batch`, what `predict` and `export` trace; compiled
+            only on JAX). A float16 / bfloat16 model is judged against its
+            own float32 copy, with the tolerance raised to what the policy
+            can represent (see `Verification`). Defaults to `True`.
         tolerance: float, largest allowed `max|a - b| / max|a|` over the
             outputs. Defaults to `1e-5`.
+        sample_inputs: real inputs to verify on (arrays in the structure the
+            model takes, `(x, y)` arrays, a list of batches, a dataset; at
+            most 64 rows are used). Defaults to `None`: random inputs that fit
+            the model (ids within each `Embedding`'s `input_dim`, padding
+            masks, its fixed batch size).
         input_shape: shape (without batch) to use where the model's input has
             unknown sizes, for verification; or a list, one per input.
             Defaults to `None` (unknown sizes become 32).
@@ -116,18 +134,36 @@ def surgery(
             if not changed:
                 break
     restore_plain_activations(graph, journal)
+    use_safe_forms(graph, journal)
     result = graph.to_model(name=model.name)
 
-    deviation = None
+    deviation = verification = None
     if verify:
-        inputs = random_inputs(model, input_shape)
-        deviation = output_deviation(model, result, inputs)
-        if exact and not deviation <= tolerance:
+        if sample_inputs is not None:
+            inputs, kind = read_sample_inputs(model, sample_inputs, 64), "sample"
+        else:
+            inputs, kind = random_inputs(model, input_shape), "random"
+        verification = verify_equivalent(
+            model, result, inputs, tolerance, inputs_kind=kind
+        )
+        deviation = verification.deviation
+        if exact and not verification.passed:
+            eager = verification.paths.get("eager")
+            if eager is not None and eager <= verification.tolerance:
+                raise VerificationError(
+                    f"The surgery result computes what model '{model.name}' "
+                    "computes when called eagerly but not when compiled "
+                    f"(`predict`, `export`): {verification.describe()}. The "
+                    f"{keras.backend.backend()} backend compiles a pattern of "
+                    "the result wrongly; please report it with the model so "
+                    "keras_collapse can emit another form. `surgery(..., "
+                    "verify=False)` skips the check."
+                )
             raise VerificationError(
-                f"The surgery result differs from model '{model.name}': relative "
-                f"deviation {deviation:.3g} > tolerance {tolerance:g} on random "
-                "inputs. This is a bug in keras_collapse; please report it with "
-                "the model. `surgery(..., verify=False)` skips the check."
+                f"The surgery result differs from model '{model.name}': "
+                f"{verification.describe()}. This is a bug in keras_collapse; "
+                "please report it with the model. `surgery(..., verify=False)` "
+                "skips the check."
             )
     report = SurgeryReport(
         before=model_stats(model, input_shape=input_shape),
@@ -136,8 +172,9 @@ def surgery(
         skipped=journal.skipped,
         exact=exact,
         deviation=deviation,
-        tolerance=tolerance,
+        tolerance=verification.tolerance if verification else tolerance,
         models=(model, result),
+        verification=verification,
     )
     if verbose:
         print(report)

@@ -56,7 +56,7 @@ def setup():
         "--disable-pip-version-check",
     ]
     run(pip + [TORCH_SPEC])
-    run(pip + ["-e", f"{ROOT}[tensorflow,jax,torch,test,examples]"])
+    run(pip + ["-e", f"{ROOT}[tensorflow,jax,torch,test,examples,export]"])
     run(pip + ["--no-deps", KERAS_HUB_SPEC])
     STAMP.write_text(wanted)
 

@@ -8,6 +8,7 @@ import keras
 import pytest
 
 from benchmarks import linearization_fashion_mnist as bench
+from tests.testing import require
 
 # Each run builds ~30 models and traces their train/eval/predict steps: about
 # 70 s on torch (verified 2026-12-01 with a benchmark sharing the 2 CPUs),
@@ -32,8 +33,8 @@ RUNS = [
 
 @large_off_torch
 def test_linearization_benchmark_on_digits(tmp_path):
-    pytest.importorskip("sklearn")
-    pytest.importorskip("matplotlib")
+    require("sklearn", "the digits data")
+    require("matplotlib", "the benchmark figure")
     out = tmp_path / "digits"
     base_epochs, finetune_epochs = 2, 3
     rows = bench.main(

@@ -153,3 +153,16 @@ class TestLinearize(TestCase):
         np.testing.assert_array_equal(clone.mask, [True, False])
         w = keras.ops.convert_to_tensor(np.array([3.0, -2.0], "float32"))
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(w)), [0.0, 0.0])
+
+
+class TestLinearizeArguments(TestCase):
+    @pytest.mark.parametrize("bad", [3, 2.5, None, [1, 2], {"a": 1}])
+    def test_not_a_layer_choice_is_refused_clearly(self, bad):
+        x = keras.Input((6,))
+        h = keras.layers.BatchNormalization()(keras.layers.Dense(4)(x))
+        model = kc.make_collapsible(
+            keras.Model(x, keras.layers.Dense(2)(keras.layers.ReLU()(h)))
+        )
+        for call in (kc.linearize, kc.lock_linear):
+            with pytest.raises(ValueError, match="must be a collapsible activation"):
+                call(model, bad)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
+from keras_collapse.layers.bias_map import is_bias_map
 from tests.testing import TestCase
 
 
@@ -90,14 +91,17 @@ class TestMerges(SurgeryTestCase):
         assert report.before.depth == 3 and report.after.depth == 1
         assert report.count("merge") == 1 and report.count("fold_bn") == 1
 
-    def test_mobilenet_block_collapses_to_one_conv_with_bias_map(self):
+    def test_mobilenet_block_collapses_to_one_conv_and_a_plain_bias_map(self):
         inputs = keras.Input((8, 8, 16))
         model = keras.Model(inputs, inverted_residual(inputs, 96, seed=1))
         small, report = self.collapse(
             model, self.random_inputs((2, 8, 8, 16), scale=2.0)
         )
         kinds = [type(layer).__name__ for layer in small.layers]
-        assert kinds == ["InputLayer", "Conv2D", "BiasMap"]
+        # The border-aware bias is a plain Rescaling(1, offset=map).
+        assert kinds == ["InputLayer", "Conv2D", "Rescaling"]
+        assert is_bias_map(small.layers[2])
+        assert np.shape(small.layers[2].offset) == (8, 8, 16)
         assert small.layers[1].kernel.shape == (3, 3, 16, 16)
         assert report.after.macs < report.before.macs
         assert report.count("absorb_residual") == 1
@@ -194,7 +198,9 @@ class TestActivations(SurgeryTestCase):
         assert type(small.get_layer("at_zero")) is keras.layers.ReLU
         assert type(small.get_layer("at_third")) is keras.layers.PReLU
         assert small.get_layer("relu6").max_value == 6.0
-        assert isinstance(small.get_layer("gelu_blend"), kc.CollapsibleActivation)
+        # A partial GELU blend: act(x) + alpha * (x - act(x)) in plain layers.
+        assert type(small.get_layer("gelu_blend")) is keras.layers.Add
+        assert not any(kc.collapsible_layers(small))
         assert report.after.activations == report.before.activations == 4
 
     def test_result_loads_without_keras_collapse(self, tmp_path):

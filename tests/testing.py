@@ -1,9 +1,18 @@
 """The suite's small base class: oracles, round trips, random data."""
 
+import importlib
 import os
 
 import keras
 import numpy as np
+import pytest
+
+# How to get every optional test dependency: scripts/dev.py setup installs
+# the `test` extra and keras-hub (which the extra cannot list, see there).
+INSTALL_HINT = (
+    "run `python3 scripts/dev.py setup` (the `test` extra plus keras-hub), "
+    "or `pip install -e '.[test]'`"
+)
 
 
 class TestCase:
@@ -29,3 +38,32 @@ class TestCase:
         path = os.path.join(str(tmp_path), name)
         model.save(path)
         return keras.saving.load_model(path)
+
+
+def require(module_name, reason=None):
+    """Imports an optional test dependency, or skips the calling test.
+
+    Locally a missing module skips the test (the whole module when called at
+    module level). In CI (`CI=true`, which `.ci/run` exports) it fails the
+    run instead, so that a dependency the CI setup forgot cannot turn tests
+    into silent skips.
+
+    Args:
+        module_name: str, the module to import (`"sklearn"`, `"keras_hub"`).
+        reason: str or None, what needs it; shown in the message.
+
+    Returns:
+        the imported module.
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        needed = f" (needed for {reason})" if reason else ""
+        message = f"optional test dependency {module_name!r} is missing{needed}: {e}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                f"{message}. CI=true, so this fails instead of skipping: "
+                f"{INSTALL_HINT}.",
+                pytrace=False,
+            )
+        pytest.skip(f"{message}; {INSTALL_HINT} to run it.", allow_module_level=True)

@@ -10,7 +10,6 @@ cloned (shared layers stay shared), so the input model is never modified.
 
 import dataclasses
 import itertools
-import warnings
 
 import keras
 import numpy as np
@@ -43,6 +42,8 @@ class Node:
     dtypes: list = dataclasses.field(default_factory=list)
     weights: list | None = None
     input_config: dict | None = None  # for graph inputs only
+    scope: tuple = ()  # names of the nested models the layer came from
+    output_name: str | None = None  # set by `to_model` for a model output
 
     @property
     def is_input(self):
@@ -81,6 +82,10 @@ class Graph:
         self._ids = itertools.count()
         self._original_layer_ids = set()
         self._finite = {}  # id(layer) -> whether its own weights are finite
+        # What the model shows outside, kept by `to_model`: the names and
+        # dtypes of its flat outputs (`compile(loss={name: ...})` uses names).
+        self.output_names = None
+        self.output_dtypes = None
 
     # ----------------------------------------------------------------- reading
     @classmethod
@@ -108,9 +113,13 @@ class Graph:
         )
         graph.outputs = graph._inline(functional, refs)
         graph._refine_shapes()
+        flat_outputs = keras.tree.flatten(keras_internals.output_structure(functional))
+        names = list(getattr(functional, "output_names", None) or [])
+        graph.output_names = names if len(names) == len(flat_outputs) else None
+        graph.output_dtypes = [t.dtype for t in flat_outputs]
         return graph
 
-    def _inline(self, functional, input_refs):
+    def _inline(self, functional, input_refs, scope=()):
         """Adds the nodes of `functional`, fed by `input_refs`; returns its
         output structure as Refs."""
         refs_by_tensor = {}
@@ -129,7 +138,9 @@ class Graph:
             if isinstance(operation, keras.Model):
                 nested = keras_internals.functional_of(operation)
                 flat_in = [x for x in keras.tree.flatten((args, kwargs)) if _is_ref(x)]
-                produced = keras.tree.flatten(self._inline(nested, flat_in))
+                produced = keras.tree.flatten(
+                    self._inline(nested, flat_in, scope + (operation.name,))
+                )
             else:
                 self._original_layer_ids.add(id(operation))
                 node = self.add(
@@ -138,6 +149,7 @@ class Graph:
                     kwargs,
                     shapes=[tuple(t.shape) for t in outputs],
                     dtypes=[t.dtype for t in outputs],
+                    scope=scope,
                 )
                 produced = [Ref(node.id, i) for i in range(len(outputs))]
             for tensor, ref in zip(outputs, produced):
@@ -271,20 +283,34 @@ class Graph:
                 del self.nodes[node_id]
 
     # ---------------------------------------------------------------- building
-    def to_model(self, name=None):
+    def to_model(self, name=None, *, dtype=None, keep_outputs=True):
         """Builds a new Keras model from the graph.
 
         Layers of the input model are cloned from their configs and receive a
         copy of their weights; layers created by passes are used as they are,
-        with `node.weights` set once built.
+        with `node.weights` set once built. Layer names stay unique (two
+        nested models may both hold a layer "c": the second becomes
+        "<nested model>_c"), and the outputs keep the names and dtypes the
+        input model gave them (`_keep_outputs`).
+
+        Args:
+            name: str, the model's name. Defaults to the graph's.
+            dtype: a dtype policy name for every layer of the input model
+                (e.g. "float32": a full-precision copy of a mixed-precision
+                model). Defaults to `None`, each layer's own.
+            keep_outputs: bool, whether outputs keep their names and dtypes.
         """
         self.prune()
+        if keep_outputs:
+            self._keep_outputs()
         tensors, clones, pending = {}, {}, []
+        names = _Names(self)
         for node in self.nodes.values():
             if node.is_input:
                 tensors[Ref(node.id)] = keras.Input(**node.input_config)
+                names.take(node.input_config["name"], ())
         for node in self.layer_nodes():
-            layer = self._materialize(node, clones, pending)
+            layer = self._materialize(node, clones, pending, names, dtype)
 
             def fill(x):
                 return tensors[x] if _is_ref(x) else x
@@ -304,27 +330,119 @@ class Graph:
             layer.set_weights([np.asarray(w) for w in weights])
         return model
 
-    def _materialize(self, node, clones, pending):
+    def _keep_outputs(self):
+        """Gives each output the name and dtype the input model gave it.
+
+        A pass may leave another layer at an output (an identity dropped, a
+        merge, a cast removed): that layer takes the output's name when it
+        feeds that output only; otherwise a linear `Activation` carrying the
+        name and dtype is put at the output (a cast when the dtype differs).
+        """
+        if self.output_names is None:
+            return
+        flat = keras.tree.flatten(self.outputs)
+        wanted = list(zip(flat, self.output_names, self.output_dtypes))
+        readers = self.consumers()
+        new_flat = []
+        for ref, name, dtype in wanted:
+            node = self.producer(ref)
+            current = getattr(node.layer, "name", None)
+            same_dtype = keras.backend.standardize_dtype(
+                node.dtypes[ref.index]
+            ) == keras.backend.standardize_dtype(dtype)
+            if current == name and same_dtype:
+                new_flat.append(ref)
+                continue
+            sole = (
+                not node.is_input
+                and isinstance(node.layer, keras.layers.Layer)
+                and len(node.shapes) == 1
+                and readers.get(ref) == [None]
+                and sum(r == ref for r in flat) == 1
+                and sum(n.layer is node.layer for n in self.nodes.values()) == 1
+            )
+            if same_dtype and sole:
+                node.output_name = name
+                new_flat.append(ref)
+                continue
+            guard = self.add(
+                keras.layers.Activation("linear", dtype=dtype, name=name),
+                (ref,),
+                shapes=[node.shapes[ref.index]],
+                dtypes=[dtype],
+                output_name=name,
+            )
+            new_flat.append(Ref(guard.id))
+        self.outputs = keras.tree.pack_sequence_as(self.outputs, new_flat)
+
+    def _materialize(self, node, clones, pending, names, dtype=None):
         layer = node.layer
-        if not self.is_original(layer) or not isinstance(layer, keras.layers.Layer):
-            return layer  # created by a pass, or a stateless operation
-        if id(layer) not in clones:
-            clones[id(layer)] = _clone_layer(layer)
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation
+        if id(layer) in clones:
+            return clones[id(layer)]
+        name = names.take(node.output_name or layer.name, node.scope, node.output_name)
+        if not self.is_original(layer):  # created by a pass
+            clones[id(layer)] = layer if name == layer.name else _renamed(layer, name)
+        else:
+            clones[id(layer)] = _clone_layer(layer, name, dtype)
             if node.weights is None and layer.weights:
                 pending.append((clones[id(layer)], layer.get_weights()))
         return clones[id(layer)]
 
 
-def _clone_layer(layer):
-    """A new layer with `layer`'s config (weights are set after building)."""
+class _Names:
+    """Unique layer names for a model being built: outputs' names first,
+    then each layer's own, then "<nested model>_<name>", then a suffix."""
+
+    def __init__(self, graph):
+        self._taken = set()
+        self._reserved = {n.output_name for n in graph.nodes.values()} - {None}
+
+    def take(self, name, scope, output_name=None):
+        """A free name for a layer; `output_name` (reserved) is its own."""
+
+        def free(candidate):
+            return candidate not in self._taken and (
+                candidate not in self._reserved or candidate == output_name
+            )
+
+        candidates = [name] + [f"{s}_{name}" for s in reversed(scope)]
+        for candidate in candidates:
+            if free(candidate):
+                break
+        else:
+            base, i = candidates[-1], 1
+            candidate = f"{base}_{i}"
+            while not free(candidate):
+                i += 1
+                candidate = f"{base}_{i}"
+        self._taken.add(candidate)
+        return candidate
+
+
+def _renamed(layer, name):
+    """An unbuilt copy of a pass-created layer under another name."""
+    return type(layer).from_config({**layer.get_config(), "name": name})
+
+
+def _clone_layer(layer, name, dtype=None):
+    """A new layer with `layer`'s config (weights are set after building).
+
+    Raises:
+        ValueError: if the layer cannot be re-created from its config: sharing
+            it would tie the result's weights to the input model's.
+    """
     try:
-        return layer.__class__.from_config(layer.get_config())
+        config = {**layer.get_config(), "name": name}
+        if dtype is not None and "float" in str(layer.compute_dtype):
+            config["dtype"] = dtype
+        return layer.__class__.from_config(config)
     except Exception as e:  # a custom layer without a complete get_config
-        warnings.warn(
-            f"Layer '{layer.name}' ({type(layer).__name__}) could not be re-created "
-            f"from its config ({type(e).__name__}: {e}); the result shares this "
-            "layer, and its weights, with the input model. Give the layer a "
-            "complete `get_config()` to avoid this.",
-            stacklevel=3,
-        )
-        return layer
+        raise ValueError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) cannot be re-created "
+            f"from its config ({type(e).__name__}: {e}), so it cannot be copied "
+            "into a new model without sharing its weights with the input model. "
+            "Give the layer a `get_config()` that returns every argument of its "
+            "`__init__` (see keras.layers.Layer.get_config)."
+        ) from None

@@ -4,6 +4,7 @@ Keras 3 has no public API to walk the nodes of a functional graph with their
 call arguments; `keras.models.clone_model` rebuilds a graph but cannot merge
 two layers into one. What is read here (pinned by tests/graph/test_ir.py):
 `Functional._nodes_by_depth`, `_inputs_struct`, `_outputs_struct`,
+`Layer._flatten_layers`,
 `Sequential._functional`, and `Node.operation / arguments / outputs / is_input`.
 """
 
@@ -59,3 +60,11 @@ def input_structure(functional):
 
 def output_structure(functional):
     return functional._outputs_struct
+
+
+def sublayers(operation):
+    """`operation` and every layer it holds (keras-hub composite layers keep
+    their `Embedding`s inside), or `[]` for a raw operation."""
+    if not isinstance(operation, keras.layers.Layer):
+        return []
+    return list(operation._flatten_layers(include_self=True, recursive=True))

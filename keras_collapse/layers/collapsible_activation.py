@@ -182,6 +182,16 @@ class CollapsibleActivation(keras.layers.Layer):
     def call(self, inputs):
         act = self._activation_fn(inputs, **self.activation_kwargs)
         blended = act + self.alpha * (inputs - act)
+        # At x = +-inf, `x - act` is inf - inf or `alpha * inf` is 0 * inf
+        # (NaN): take the blend's limit there, as the plain activation does.
+        limit = ops.where(
+            self.alpha == 0,
+            act,
+            ops.where(
+                self.alpha == 1, inputs, self.alpha * inputs + (1 - self.alpha) * act
+            ),
+        )
+        blended = ops.where(ops.isfinite(inputs), blended, limit)
         return ops.where(self.linear_lock > 0.5, inputs, blended)
 
     def compute_output_shape(self, input_shape):
@@ -192,6 +202,19 @@ class CollapsibleActivation(keras.layers.Layer):
         """bool, whether the layer is locked to the identity."""
         self._require_built("is_locked")
         return bool(ops.convert_to_numpy(self.linear_lock) > 0.5)
+
+    def describe(self):
+        """The function it computes now: its activation's name, with the
+        slope where alpha is not 0 ("relu a=-0.4", "gelu a=0.1..0.9"), or
+        "linear"."""
+        if self.is_linear:
+            return "linear"
+        alpha = self.alpha_numpy()
+        if not np.any(alpha):
+            return self.activation
+        low, high = float(np.min(alpha)), float(np.max(alpha))
+        slope = f"{low:.2g}" if low == high else f"{low:.2g}..{high:.2g}"
+        return f"{self.activation} a={slope}"
 
     @property
     def is_linear(self):

@@ -540,7 +540,13 @@ def _slice_member(graph, node, size, keep):
         np.asarray(w)[..., keep] if np.ndim(w) and np.shape(w)[-1] == size else w
         for w in weights
     ]
-    rewrite.replace_layer(graph, node, {}, sliced)
+    layer = rewrite.replace_layer(graph, node, {}, sliced)
+    # Built now: later passes read its state (a collapsible's alpha and lock).
+    source = node.input_refs[0]
+    shape = list(graph.producer(source).shapes[source.index])
+    shape[-1] = len(keep)
+    layer.build(tuple(shape))
+    layer.set_weights(node.weights)
 
 
 def _slice_linear(graph, node, parts, keep_in, keep_out):

@@ -11,7 +11,8 @@ Which compositions are exact (methods.md, "Merging algebra"):
 - "valid" -> "valid": always.
 - anything -> 1x1 stride 1: always (a 1x1 sees no padding).
 - 1x1 stride 1 -> "same" k x k: exact when the 1x1 has no bias; otherwise a
-  `BiasMap` (static input size needed) carries the border-aware bias.
+  border-aware bias map (static input size needed) follows the merged conv,
+  as a plain `Rescaling` offset (`layers/bias_map.bias_map_layer`).
 - "same" k x k -> "same" k x k (stride 1): exact only away from the border;
   taken only with `exact=False`.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from keras_collapse import algebra
 from keras_collapse.graph import Ref
-from keras_collapse.layers.bias_map import BiasMap
+from keras_collapse.layers.bias_map import bias_map_layer
 from keras_collapse.layers.bias_map import is_uniform
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
@@ -249,8 +250,8 @@ def _emit(graph, segment, op, journal):
     """Replaces the nodes of `segment` by one layer computing `op`.
 
     The merged layer keeps the last layer's fused activation, unless a
-    border-aware bias map must come between: then Conv -> BiasMap ->
-    Activation.
+    border-aware bias map must come between: then Conv -> bias map (a
+    `Rescaling` offset) -> Activation.
     """
     first, last = segment[0], segment[-1]
     names = [n.layer.name for n in segment]
@@ -289,18 +290,14 @@ def _emit(graph, segment, op, journal):
         linear = graph.add(
             layer, (source,), shapes=last.shapes, dtypes=last.dtypes, weights=weights
         )
-        adder = BiasMap(
-            bias_map.shape, dtype=dtype, name=rewrite.unique_name(graph, name + "_bias")
+        adder = bias_map_layer(
+            rewrite.cast_like(bias_map, layer),
+            dtype=dtype,
+            name=rewrite.unique_name(graph, name + "_bias"),
         )
         last_args = (Ref(linear.id),)
         if kinds.activation_name(activation) != "linear":
-            biased = graph.add(
-                adder,
-                last_args,
-                shapes=last.shapes,
-                dtypes=last.dtypes,
-                weights=[rewrite.cast_like(bias_map, adder)],
-            )
+            biased = graph.add(adder, last_args, shapes=last.shapes, dtypes=last.dtypes)
             adder, last_args = (
                 keras.layers.Activation(
                     activation,
@@ -309,9 +306,7 @@ def _emit(graph, segment, op, journal):
                 ),
                 (Ref(biased.id),),
             )
-            weights = None
-        else:
-            weights = [rewrite.cast_like(bias_map, adder)]
+        weights = None
         last.layer, last.args, last.kwargs, last.weights = adder, last_args, {}, weights
     detail = "exact" if op.exact else "interior-only (border differs)"
     if bias_map is not None:

@@ -3,16 +3,18 @@
 import keras
 import numpy as np
 
+from keras_collapse.graph import Ref
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
 
 
 def restore_plain_activations(graph, journal):
-    """Replaces each nonlinear collapsible activation by the plain Keras layer
-    that computes the same function, so the result loads without
+    """Replaces each nonlinear collapsible activation by plain Keras layers
+    that compute the same function, so the result loads without
     keras_collapse: alpha = 0 -> the original activation (`ReLU`,
-    `LeakyReLU`, `Activation`), a ReLU with other alphas -> `PReLU`. A blend
-    of another activation at alpha != 0 has no plain equivalent and stays.
+    `LeakyReLU`, `Activation`); a ReLU with other alphas -> `PReLU`; any
+    other blend `act(x) + alpha * (x - act(x))` -> `Activation`, `Subtract`,
+    `Rescaling(alpha)` and `Add`, the same operations in the same order.
 
     Returns:
         int, the number of layers replaced.
@@ -25,19 +27,7 @@ def restore_plain_activations(graph, journal):
         alpha = layer.alpha_numpy()
         rank = len(node.shape)
         name = layer.name
-        if not np.any(alpha):
-            plain = _plain_activation(layer.activation, layer.activation_kwargs)
-            weights = None
-        elif layer.activation == "relu" and not layer.activation_kwargs:
-            plain, weights = _prelu(layer, alpha, rank)
-        else:
-            journal.skip(
-                "plain_activation",
-                [name],
-                f"{layer.activation} blended at alpha != 0 has no plain "
-                "Keras layer; kept as CollapsibleActivation",
-            )
-            continue
+        plain = _plain_activation(layer.activation, layer.activation_kwargs)
         if plain is None:
             journal.skip(
                 "plain_activation",
@@ -46,13 +36,48 @@ def restore_plain_activations(graph, journal):
                 f"({layer.activation_kwargs}); kept",
             )
             continue
-        node.layer = _renamed(
-            plain, rewrite.replacement_name(graph, node), layer.dtype_policy
-        )
-        node.weights = weights
+        new_name = rewrite.replacement_name(graph, node)
+        dtype = layer.dtype_policy
+        if not np.any(alpha):
+            node.layer, node.weights = _renamed(plain, new_name, dtype), None
+        elif layer.activation == "relu" and not layer.activation_kwargs:
+            plain, weights = _prelu(layer, alpha, rank)
+            node.layer, node.weights = _renamed(plain, new_name, dtype), weights
+        else:
+            act_name = rewrite.unique_name(graph, name + "_act")
+            _blend(graph, node, _renamed(plain, act_name, dtype), alpha)
         journal.did("plain_activation", [name], type(node.layer).__name__)
         replaced += 1
     return replaced
+
+
+def _blend(graph, node, act, alpha):
+    """Rewires `node` into `a = act(x); a + alpha * (x - a)`, plain layers."""
+    (x,) = node.input_refs
+    dtype, name = node.layer.dtype_policy, node.layer.name
+    shapes, dtypes = node.shapes, node.dtypes
+
+    def add(layer, *args):
+        return Ref(graph.add(layer, args, shapes=shapes, dtypes=dtypes).id)
+
+    a = add(act, x)
+    unique = rewrite.unique_name
+    diff = add(
+        keras.layers.Subtract(dtype=dtype, name=unique(graph, name + "_diff")), [x, a]
+    )
+    scale = np.asarray(alpha, dtype="float32")
+    scaled = add(
+        keras.layers.Rescaling(
+            float(scale) if scale.ndim == 0 else scale,
+            dtype=dtype,
+            name=unique(graph, name + "_alpha"),
+        ),
+        diff,
+    )
+    node.layer = keras.layers.Add(
+        dtype=dtype, name=rewrite.replacement_name(graph, node)
+    )
+    node.args, node.kwargs, node.weights = ([a, scaled],), {}, None
 
 
 def _plain_activation(name, kwargs):

@@ -9,7 +9,7 @@ import keras
 
 from keras_collapse import algebra
 from keras_collapse.graph import Ref
-from keras_collapse.layers.bias_map import BiasMap
+from keras_collapse.layers.bias_map import is_bias_map
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
 
@@ -25,12 +25,9 @@ def absorb_residuals(graph, journal):
             continue
         readers = graph.consumers()
         for branch_ref, other_ref in (add.input_refs, add.input_refs[::-1]):
-            # A merged branch may end in a BiasMap: absorb into the conv before it.
+            # A merged branch may end in a bias map: absorb into the conv before it.
             tail = graph.producer(branch_ref)
-            if (
-                isinstance(tail.layer, BiasMap)
-                and len(readers.get(branch_ref, [])) == 1
-            ):
+            if is_bias_map(tail.layer) and len(readers.get(branch_ref, [])) == 1:
                 branch_ref = tail.input_refs[0]
             else:
                 tail = None

@@ -17,9 +17,12 @@ class SurgeryReport:
         done: list of `Entry(kind, layers, detail)`: folds, merges, cuts.
         skipped: list of `Entry`: what was not done, and why.
         exact: bool, whether only everywhere-exact merges were allowed.
-        deviation: float or None, measured `max|a - b| / max|a|` on random
-            inputs (None if not verified).
-        tolerance: float, the tolerance `deviation` was checked against.
+        deviation: float or None, measured `max|a - b| / max|a|`, the worst
+            over the eager and compiled paths (None if not verified).
+        tolerance: float, the tolerance `deviation` was checked against
+            (raised for a mixed-precision model: see `verification`).
+        verification: `Verification` or None: per-path deviations, which
+            inputs, and the precision the check was judged at.
         latency: dict or None, filled by `measure_latency()`.
     """
 
@@ -32,6 +35,7 @@ class SurgeryReport:
     tolerance: float
     models: tuple = dataclasses.field(repr=False, default=())
     latency: dict | None = None
+    verification: object = None
 
     def count(self, kind):
         """Number of actions of a kind ("fold_bn", "merge", "cut_channels", ...)."""
@@ -58,6 +62,9 @@ class SurgeryReport:
             "exact": self.exact,
             "deviation": self.deviation,
             "tolerance": self.tolerance,
+            "verification": (
+                self.verification.as_dict() if self.verification else None
+            ),
             "latency": self.latency,
         }
 
@@ -65,6 +72,8 @@ class SurgeryReport:
         mode = "exact" if self.exact else "inexact (border merges allowed)"
         if self.deviation is None:
             check = "not verified"
+        elif self.verification is not None:
+            check = self.verification.describe()
         else:
             check = (
                 f"max relative deviation {self.deviation:.2e} "

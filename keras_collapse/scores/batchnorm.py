@@ -24,7 +24,8 @@ class LayerStates:
 
     Attributes:
         name: str, the activation layer's name.
-        activation: str, the function it blends ('relu', 'relu6', ...).
+        activation: str, the function it computes now ('relu', 'relu a=-0.4',
+            'linear': `CollapsibleActivation.describe`).
         batchnorm: str or None, the name of the BatchNormalization it reads.
         p_off: per channel, P(z <= 0) under z ~ N(beta, gamma^2).
         error_if_on: per channel, E|f(z) - z|: the error of letting the
@@ -196,7 +197,7 @@ def _layer_states(pair, confidence):
     layer, bn = pair.activation, pair.batchnorm
     states = LayerStates(
         name=layer.name,
-        activation=layer.activation,
+        activation=layer.describe(),
         batchnorm=None if bn is None else bn.name,
         linearized=layer.is_linear,
         reason=pair.reason,

@@ -43,7 +43,8 @@ class LayerStatistics:
 
     Attributes:
         name: str, the activation layer.
-        activation: str, the function it blends ('relu', 'gelu', ...).
+        activation: str, the function it computes now ('gelu', 'relu a=0.3',
+            'linear': `CollapsibleActivation.describe`).
         axis: int, the channel axis of its input.
         p_on: per channel, the fraction of values > 0.
         mean: per channel, the mean pre-activation.
@@ -285,7 +286,7 @@ def statistics_on_graph(
         records.append(
             LayerStatistics(
                 name=layer.name,
-                activation=layer.activation,
+                activation=layer.describe(),
                 axis=sites[id(layer)][0][1],
                 p_on=m.p_on,
                 mean=m.mean,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
+from tests.testing import require
 
-pytest.importorskip("sklearn")
+require("sklearn", "the digits data")
 
 
 def digits():

@@ -320,3 +320,69 @@ class TestBadInput(TestCase):
         model = planted_model()
         with pytest.raises(ValueError, match="validation_data"):
             fit(model, teacher_data(model), [kc.TLCCallback(validation_data=3)], 1)
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, size):
+        super().__init__()
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __getitem__(self, i):
+        part = slice(i * self.size, (i + 1) * self.size)
+        return self.x[part], self.y[part]
+
+
+def _validation_kinds(x, y):
+    """Every documented form of `validation_data`, by name."""
+    from tests.testing import require
+
+    def generator():
+        for i in range(0, len(x), 32):
+            yield x[i : i + 32], y[i : i + 32]
+
+    kinds = {
+        "arrays": lambda: (x, y),
+        # Exactly two batches: a list that must not be read as one (x, y).
+        "list_of_batches": lambda: [(x[:64], y[:64]), (x[64:], y[64:])],
+        "py_dataset": lambda: _Batches(x, y, 32),
+        "generator": generator,
+    }
+
+    def tf_data():
+        tf = require("tensorflow", "tf.data validation data")
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+
+    def data_loader():
+        torch = require("torch", "DataLoader validation data")
+        dataset = torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y))
+        return torch.utils.data.DataLoader(dataset, batch_size=32)
+
+    kinds["tf_data"] = tf_data
+    kinds["data_loader"] = data_loader
+    return kinds
+
+
+class TestValidationDataKinds(TestCase):
+    @pytest.mark.parametrize(
+        "kind",
+        ["list_of_batches", "py_dataset", "generator", "tf_data", "data_loader"],
+    )
+    def test_each_form_decides_as_arrays_do(self, kind):
+        decisions = {}
+        for name in ("arrays", kind):
+            model = planted_model()
+            x, y = teacher_data(model)
+            tlc = kc.TLCCallback(
+                validation_data=_validation_kinds(x, y)[name](),
+                ranking="validation",
+                interval=1,
+                max_layers=2,
+                verbose=0,
+            )
+            fit(model, (x, y), [tlc], epochs=3)
+            decisions[name] = [(e["action"], e.get("layers")) for e in tlc.events]
+        assert decisions[kind] == decisions["arrays"]
+        assert any(action == "linearized" for action, _ in decisions[kind])

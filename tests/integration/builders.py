@@ -367,12 +367,21 @@ def input_shapes(model, input_shape=None):
 def fresh_inputs(model, input_shape=None, batch=2, seed=97):
     """Random inputs in the structure `model` takes, not the surgery's own
     (another seed; the same batch size, so compiled calls are reused).
-    Integer inputs (token ids) are drawn from [0, 8)."""
+    Integer inputs (token ids) are drawn below the smallest `input_dim` of
+    the model's Embeddings (8 without one)."""
     rng = np.random.default_rng(seed)
     arrays = []
+    vocab = min(
+        [
+            layer.input_dim
+            for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.Embedding)
+        ]
+        or [8]
+    )
     for tensor, shape in zip(model.inputs, input_shapes(model, input_shape)):
         if "int" in keras.backend.standardize_dtype(tensor.dtype):
-            arrays.append(rng.integers(0, 8, (batch, *shape)).astype(tensor.dtype))
+            arrays.append(rng.integers(0, vocab, (batch, *shape)).astype(tensor.dtype))
         else:
             arrays.append(rng.standard_normal((batch, *shape)).astype("float32"))
     if len(arrays) == 1:
@@ -382,11 +391,12 @@ def fresh_inputs(model, input_shape=None, batch=2, seed=97):
     return arrays
 
 
-def outputs_of(model, inputs):
-    """The model's outputs at inference, as a flat list of NumPy arrays."""
+def outputs_of(model, inputs, compiled=False):
+    """The model's outputs at inference, as a flat list of NumPy arrays;
+    `compiled`: through `predict_on_batch` on every backend."""
     # JAX runs eager ops one by one, each compiled on first use (~30 s for a
     # ResNet50): one compiled call is far quicker there. Elsewhere eager is.
-    if keras.backend.backend() == "jax":
+    if compiled or keras.backend.backend() == "jax":
         out = model.predict_on_batch(inputs)
     else:
         out = model(inputs, training=False)
@@ -445,6 +455,15 @@ class SurgeryTestCase(TestCase):
         assert report.deviation is not None and report.deviation <= TOLERANCE
         expected, actual = outputs_of(model, x), outputs_of(result, x)
         assert relative_error(expected, actual) <= TOLERANCE, report
+        # The compiled path (`predict`, `export`) computes the same.
+        compiled = outputs_of(result, x, compiled=True)
+        assert relative_error(expected, compiled) <= TOLERANCE, "compiled path"
+        # The outside is kept: names and dtypes of inputs and outputs.
+        assert result.output_names == getattr(
+            model, "output_names", [model.layers[-1].name]
+        )
+        assert [t.name for t in result.inputs] == [t.name for t in model.inputs]
+        assert [t.dtype for t in result.outputs] == [t.dtype for t in model.outputs]
         assert [layer.name for layer in model.layers] == layers
         after_weights = model.get_weights()
         assert len(after_weights) == len(weights)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
-from keras_collapse.verify import random_inputs
+from keras_collapse.sample_inputs import random_inputs
 from tests.integration import builders
+from tests.testing import require
 
-keras_hub = pytest.importorskip("keras_hub")
+keras_hub = require("keras_hub", "the keras-hub backbones")
 
 
 def resnet(block_type="basic_block", pre_activation=False, image_shape=(32, 32, 3)):

@@ -4,13 +4,18 @@ Each example is a random chain of blocks (Conv, DepthwiseConv, Dense on the
 channel axis, BatchNormalization with random statistics and some channels
 switched OFF, collapsible activations locked, at alpha 1, 0 or in between,
 Dropout, residual `Add`s and `Concatenate`s around shape-keeping branches),
-on a small 1D or 2D input whose spatial size the model may not know.
-Whatever the graph, an exact surgery must not raise, must compute what the
-graph computes, must remove exactly the linear activations, and must not add
-depth or MACs (`SurgeryTestCase.check_surgery`).
+on a small 1D or 2D input whose spatial size the model may not know; alphas
+shared or one per channel / position; an identity layer at the output;
+token ids through an `Embedding` of a random (small) vocabulary; the same
+graphs under a mixed-precision policy. Whatever the graph, an exact surgery
+must not raise, must compute what the graph computes (eagerly and
+compiled), must remove exactly the linear activations, must keep the output
+names and dtypes, and must not add depth or MACs
+(`SurgeryTestCase.check_surgery`).
 """
 
 import keras
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import settings
@@ -65,6 +70,8 @@ activation = st.fixed_dictionaries(
         "activation": st.sampled_from(ACTIVATIONS),
         "mode": st.sampled_from(ACTIVATION_MODES),
         "alpha": st.floats(0.05, 0.95),
+        # One alpha for all, one per channel, or one per position.
+        "shared": st.sampled_from(["all", "all", "channel", "none"]),
     }
 )
 dropout = st.fixed_dictionaries({"kind": st.just("dropout")})
@@ -118,6 +125,20 @@ graphs = st.fixed_dictionaries(
         "unknown_size": st.booleans(),
         "blocks": st.lists(block, min_size=1, max_size=7),
         "head": st.sampled_from(["none", "pool", "flatten"]),
+        # An identity layer at the output: removed, its name kept.
+        "tail": st.sampled_from(["none", "none", "dropout", "identity", "linear"]),
+        "seed": st.integers(0, 2**16),
+    }
+)
+# Token ids (int32) through an Embedding, then 1D blocks.
+token_graphs = st.fixed_dictionaries(
+    {
+        "rank": st.just(1),
+        "unknown_size": st.just(False),
+        "tokens": st.sampled_from([3, 5, 50]),
+        "blocks": st.lists(block, min_size=1, max_size=5),
+        "head": st.sampled_from(["none", "pool"]),
+        "tail": st.sampled_from(["none", "dropout"]),
         "seed": st.integers(0, 2**16),
     }
 )
@@ -223,7 +244,17 @@ class _Builder:
         return make(cls, spec["filters"] or x.shape[-1], spec["kernel"], **common)(x)
 
     def _activation(self, spec, x):
-        layer = kc.CollapsibleActivation(spec["activation"], alpha_regularizer=None)
+        mode = spec.get("shared", "all")
+        if mode == "none" and None in x.shape[1:]:
+            mode = "channel"  # one alpha per position needs a known size
+        shared = {
+            "all": "all",
+            "channel": list(range(1, self.rank + 1)),
+            "none": None,
+        }[mode]
+        layer = kc.CollapsibleActivation(
+            spec["activation"], shared_axes=shared, alpha_regularizer=None
+        )
         y = layer(x)
         mode = spec["mode"]
         if mode == "locked":
@@ -231,7 +262,10 @@ class _Builder:
         elif mode == "one":
             layer.set_alpha(1.0)
         elif mode == "between":
-            layer.set_alpha(spec["alpha"])
+            shape = layer.alpha.shape
+            rng = np.random.default_rng(int(spec["alpha"] * 1e6))
+            alpha = spec["alpha"] if not shape else rng.uniform(0.05, 0.95, shape)
+            layer.set_alpha(alpha)
         self.activations += 1
         self.linear += mode in LINEAR_MODES
         return y
@@ -267,9 +301,13 @@ def build(graph):
     declared = shape
     if graph["unknown_size"]:
         declared = (None,) * graph["rank"] + (4,)
-    inputs = keras.Input(declared)
     builder = _Builder(graph["rank"], shape[0])
-    x = inputs
+    if "tokens" in graph:
+        inputs = keras.Input((shape[0],), dtype="int32", name="token_ids")
+        x = keras.layers.Embedding(graph["tokens"], 4)(inputs)
+    else:
+        inputs = keras.Input(declared)
+        x = inputs
     for spec in graph["blocks"]:
         x = builder.apply(spec, x)
     if graph["head"] == "pool":
@@ -282,6 +320,13 @@ def build(graph):
         x = make(keras.layers.Dense, 3)(keras.layers.Flatten()(x))
     if x is inputs:  # nothing fitted: keep one layer so the model is not empty
         x = make(keras.layers.Dense, 3)(x)
+    tail = {
+        "dropout": lambda: keras.layers.Dropout(0.3, name="out"),
+        "identity": lambda: keras.layers.Identity(name="out"),
+        "linear": lambda: keras.layers.Activation("linear", name="out"),
+    }.get(graph.get("tail", "none"))
+    if tail is not None:
+        x = tail()(x)
     model = keras.Model(inputs, x)
     return model, shape, builder.activations, builder.linear
 
@@ -305,6 +350,31 @@ class TestRandomGraphs(builders.SurgeryTestCase):
             model, tmp_path_factory.mktemp("stack"), input_shape=shape
         )
         assert report.before.activations == activations - linear
+
+    @settings(max_examples=builders.EXAMPLES // 2, deadline=None, database=None)
+    @given(graph=token_graphs)
+    def test_token_ids_through_an_embedding(self, graph, tmp_path_factory):
+        # The surgery's own random inputs must stay within the vocabulary
+        # (ids out of range crash TF and torch; JAX clamps them).
+        model, shape, activations, linear = build(graph)
+        _, report = self.check_surgery(model, tmp_path_factory.mktemp("tokens"))
+        assert report.before.activations == activations - linear
+
+    @settings(max_examples=builders.EXAMPLES // 2, deadline=None, database=None)
+    @given(graph=graphs, policy=st.sampled_from(["mixed_float16", "mixed_bfloat16"]))
+    def test_mixed_precision(self, graph, policy):
+        # Judged against the float32 copy of the model, at the precision the
+        # policy can represent: the surgery must not refuse its own result.
+        keras.config.set_dtype_policy(policy)
+        try:
+            model, shape, _, _ = build(graph)
+            small, report = kc.surgery(model, return_report=True, input_shape=shape)
+        finally:
+            keras.config.set_dtype_policy("float32")
+        check = report.verification
+        assert check.passed and check.policy == policy.split("_")[1]
+        assert [t.dtype for t in small.outputs] == [t.dtype for t in model.outputs]
+        assert small.output_names == model.output_names
 
     @pytest.mark.parametrize("rank", [1, 2])
     def test_locked_chain_collapses_to_one_layer(self, rank, tmp_path):

@@ -208,3 +208,55 @@ class TestBadInput(TestCase):
     def test_unbuilt_layer(self):
         with pytest.raises(ValueError, match="not built"):
             kc.CollapsiblePReLU().is_linear  # noqa: B018
+
+
+class TestNonFiniteInputs(TestCase):
+    @pytest.mark.parametrize("activation", ["relu", "relu6", "elu", "tanh", "silu"])
+    @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+    def test_infinities_map_as_the_blend_s_limit(self, activation, alpha):
+        layer = kc.CollapsibleActivation(activation)
+        layer.build((None, 4))
+        layer.set_alpha(alpha)
+        x = np.array([[np.inf, -np.inf, 1.5, np.nan]], "float32")
+        got = keras.ops.convert_to_numpy(layer(x))
+        act = keras.ops.convert_to_numpy(keras.activations.get(activation)(x))
+        with np.errstate(invalid="ignore"):
+            # The limit of alpha * x + (1 - alpha) * act(x), with 0 * inf = 0.
+            expected = np.where(
+                alpha == 0, act, np.where(alpha == 1, x, alpha * x + (1 - alpha) * act)
+            )
+        np.testing.assert_allclose(got[:, :3], expected[:, :3], rtol=1e-6)
+        assert np.isnan(got[0, 3])
+
+    def test_relu_at_alpha_zero_is_relu_at_infinity(self):
+        layer = kc.CollapsiblePReLU()
+        layer.build((None, 2))
+        got = keras.ops.convert_to_numpy(
+            layer(np.array([[np.inf, -np.inf]], "float32"))
+        )
+        np.testing.assert_array_equal(got, [[np.inf, 0.0]])
+
+
+class TestDescribe(TestCase):
+    def test_says_what_it_computes_now(self):
+        layer = kc.CollapsibleActivation("gelu", shared_axes=None)
+        layer.build((None, 3))
+        assert layer.describe() == "gelu"
+        layer.set_alpha([0.1, 0.5, 0.9])
+        assert layer.describe() == "gelu a=0.1..0.9"
+        prelu = kc.CollapsiblePReLU()
+        prelu.build((None, 3))
+        prelu.set_alpha(-0.4)
+        assert prelu.describe() == "relu a=-0.4"
+        prelu.lock_linear()
+        assert prelu.describe() == "linear"
+
+    def test_the_analysis_table_shows_a_trained_slope(self):
+        x = keras.Input((4,))
+        h = keras.layers.BatchNormalization()(keras.layers.Dense(3)(x))
+        prelu = kc.CollapsiblePReLU(name="act")
+        model = keras.Model(x, keras.layers.Dense(2)(prelu(h)))
+        prelu.set_alpha(-0.4)
+        (states,) = kc.analyze_batchnorm(model)
+        assert states.activation == "relu a=-0.4"
+        assert "relu a=-0.4" in str(kc.analyze_batchnorm(model))

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_collapse as kc
 from keras_collapse.graph import Graph
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.passes import rewrite
@@ -464,3 +465,41 @@ class TestDeadChannels(TestCase):
         assert result.get_layer("c3").filters == 8 - len(gone)
         assert result.get_layer("c4").filters == 6 - len(k4)
         self.assert_same_outputs(model, result, seed)
+
+
+class TestDeadChannelsThroughSurgery(TestCase):
+    """The whole surgery, not the pass alone: later passes read the sliced
+    activation's state (a collapsible's alpha), so it must be built."""
+
+    @pytest.mark.parametrize(
+        "activation",
+        [
+            lambda: CollapsibleActivation("relu", shared_axes=[1, 2]),
+            lambda: CollapsibleActivation("gelu", shared_axes=None),
+            lambda: L.PReLU(shared_axes=[1, 2]),
+            lambda: L.PReLU(),
+        ],
+        ids=[
+            "collapsible_per_channel",
+            "collapsible_per_position",
+            "prelu",
+            "prelu_full",
+        ],
+    )
+    def test_zero_channel_cut_through_a_per_channel_activation(self, activation):
+        x = keras.Input((6, 6, 3))
+        norm = L.BatchNormalization()
+        act = activation()
+        h = act(norm(Conv2D(4, 3)(x)))
+        model = keras.Model(x, Conv2D(2, 3)(h))
+        randomize(model, seed=2)
+        if isinstance(act, L.PReLU):
+            act.set_weights([np.full(w.shape, 0.3) for w in act.get_weights()])
+        gamma, beta, mean, var = norm.get_weights()
+        gamma[1] = beta[1] = 0.0
+        norm.set_weights([gamma, beta, mean, var])
+        small, report = kc.surgery(model, return_report=True)
+        assert report.count("cut_channels") == 1
+        assert small.layers[1].filters == 3
+        data = self.random_inputs((3, 6, 6, 3), scale=2.0)
+        self.assert_close(small(data), model(data), atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 
 import keras_collapse as kc
 from tests.testing import TestCase
+from tests.testing import require
 
 layers = keras.layers
 
@@ -197,7 +198,7 @@ class TestReport(TestCase):
         assert d["layers"][0]["on"] == 0.5 and d["layers"][1]["score"] is None
 
     def test_plot(self):
-        pytest.importorskip("matplotlib")
+        require("matplotlib", "plot()")
         fig = kc.analyze_batchnorm(self.model()).plot()
         ax = fig.axes[0]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["paired", "unpaired"]

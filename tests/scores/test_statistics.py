@@ -11,6 +11,7 @@ import keras_collapse as kc
 from keras_collapse.graph.probe import ProbeModel
 from keras_collapse.scores.statistics import binary_entropy
 from tests.testing import TestCase
+from tests.testing import require
 
 layers = keras.layers
 
@@ -197,14 +198,14 @@ class TestDataKinds(TestCase):
         model = dense_model()
         x = self.random_inputs((24, 5))
         expected = kc.activation_statistics(model, x)["a1"].mean
-        tf = pytest.importorskip("tensorflow")
+        tf = require("tensorflow", "tf.data input")
         ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(24))).batch(7)
         np.testing.assert_allclose(
             kc.activation_statistics(model, ds)["a1"].mean, expected, atol=1e-6
         )
         with pytest.raises(ValueError, match="endless"):
             kc.activation_statistics(model, ds.repeat())
-        torch = pytest.importorskip("torch")
+        torch = require("torch", "DataLoader input")
         loader = torch.utils.data.DataLoader(torch.from_numpy(x), batch_size=5)
         np.testing.assert_allclose(
             kc.activation_statistics(model, loader)["a1"].mean, expected, atol=1e-6
@@ -266,7 +267,7 @@ class TestReport(TestCase):
         assert "20 samples" in row
 
     def test_plot_uses_the_shared_figure(self):
-        pytest.importorskip("matplotlib")
+        require("matplotlib", "plot()")
         fig = self.stats().plot()
         ax = fig.axes[0]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["a1", "a2"]
@@ -277,3 +278,28 @@ class TestReport(TestCase):
         monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
         with pytest.raises(ImportError, match=r"keras-collapse\[plot\]"):
             self.stats().plot()
+
+
+class TestReplicaBlocks(TestCase):
+    def test_moments_per_replica_merge_as_one_batch(self):
+        # A model built in a tf.distribute scope returns one (4, C) block
+        # per replica, stacked; a replica may get no rows.
+        from keras_collapse.channel_moments import Moments
+
+        rng = np.random.default_rng(0)
+        a, b = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+
+        def block(x):
+            if not len(x):
+                return np.zeros((4, 3))
+            mean = x.mean(0)
+            return np.stack(
+                [(x > 0).sum(0), np.full(3, len(x)), mean, ((x - mean) ** 2).sum(0)]
+            )
+
+        stacked = Moments()
+        stacked.add(np.concatenate([block(a), block(b), block(a[:0])]))
+        both = np.concatenate([a, b])
+        np.testing.assert_allclose(stacked.mean, both.mean(0))
+        np.testing.assert_allclose(stacked.variance, both.var(0))
+        np.testing.assert_array_equal(stacked.on, (both > 0).sum(0))
