@@ -13,6 +13,13 @@ from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.linearize import linearize
+from keras_collapse.masks import ZeroMask
+from keras_collapse.masks import hold_at_zero
+from keras_collapse.prune import allocate_budget
+from keras_collapse.prune import prunable_layers
+from keras_collapse.prune import prune_by_count
+from keras_collapse.prune import prune_by_fraction
+from keras_collapse.prune import sparsity
 from keras_collapse.recalibrate import recalibrate_batchnorm
 from keras_collapse.regularizers import LinearityRegularizer
 from keras_collapse.report import SurgeryReport
@@ -39,17 +46,24 @@ __all__ = [
     "SurgeryReport",
     "TLCCallback",
     "VerificationError",
+    "ZeroMask",
     "__version__",
     "activation_statistics",
+    "allocate_budget",
     "analyze_batchnorm",
     "collapsible_layers",
+    "hold_at_zero",
     "lock_linear",
     "linearize",
     "lock_near_linear",
     "make_collapsible",
     "measure_latency",
     "model_stats",
+    "prunable_layers",
+    "prune_by_count",
+    "prune_by_fraction",
     "recalibrate_batchnorm",
+    "sparsity",
     "surgery",
     "sync_training_state",
 ]

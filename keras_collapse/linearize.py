@@ -5,7 +5,8 @@ The activation is locked to the identity (`CollapsibleActivation.lock_linear`);
 each channel TLC forces OFF gets `gamma = beta = 0` in the BatchNormalization
 that feeds it, so it is exactly zero in training and at inference alike, and
 `surgery` cuts it from the layer that makes it and the layers that read it.
-A constraint keeps those weights at zero while training goes on.
+A `ZeroMask` constraint (`masks.py`, the mechanism pruning uses too) keeps
+those weights at zero while training goes on, and is saved with the model.
 """
 
 import dataclasses
@@ -15,38 +16,10 @@ import numpy as np
 
 from keras_collapse.collapsible import layer_list
 from keras_collapse.collapsible import sync_training_state
+from keras_collapse.masks import ZeroChannels  # noqa: F401  (the old home)
+from keras_collapse.masks import hold_at_zero
 from keras_collapse.scores.batchnorm import _layer_states
 from keras_collapse.scores.pairs import find_pairs
-
-
-@keras.saving.register_keras_serializable(package="keras_collapse")
-class ZeroChannels(keras.constraints.Constraint):
-    """Keeps chosen entries of a per-channel weight at exactly zero.
-
-    Args:
-        mask: list of bool, True where the weight must stay zero.
-        inner: the constraint the weight had before, applied first, or None.
-    """
-
-    def __init__(self, mask, inner=None):
-        self.mask = np.asarray(mask, dtype=bool)
-        self.inner = inner
-
-    def __call__(self, w):
-        if self.inner is not None:
-            w = self.inner(w)
-        w = keras.ops.convert_to_tensor(w)
-        return keras.ops.where(self.mask, keras.ops.zeros_like(w), w)
-
-    def get_config(self):
-        return {
-            "mask": self.mask.tolist(),
-            "inner": keras.constraints.serialize(self.inner),
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(config["mask"], keras.constraints.get(config["inner"]))
 
 
 @dataclasses.dataclass
@@ -68,14 +41,17 @@ class Linearized:
     off: int
     note: str | None = None
     _restore: list = dataclasses.field(default_factory=list, repr=False)
+    _held: list = dataclasses.field(default_factory=list, repr=False)
 
     def undo(self):
         """Restores the weights and constraints this linearization changed.
         Inside `fit`, call `sync_training_state(model)` first (JAX)."""
+        for held in reversed(self._held):
+            held.undo()
         for variable, value, constraint in reversed(self._restore):
             variable.assign(value)
             variable.constraint = constraint
-        self._restore = []
+        self._restore, self._held = [], []
 
 
 def linearize(model, layers, zero_off=True):
@@ -163,8 +139,8 @@ def _linearize(pair, off, zero_off, constrain):
             off = states.off if off is None else np.asarray(off, bool)
             record.batchnorm, record.off = bn.name, int(off.sum())
             record.on = int(len(off) - record.off)
-            for variable in [bn.gamma] + ([bn.beta] if bn.center else []):
-                _zero(variable, off, constrain, record)
+            for name in ["gamma"] + (["beta"] if bn.center else []):
+                _zero(bn, name, off, constrain, record)
     for variable in (layer.alpha, layer.linear_lock):
         record._restore.append(
             (variable, keras.ops.convert_to_numpy(variable), variable.constraint)
@@ -173,9 +149,10 @@ def _linearize(pair, off, zero_off, constrain):
     return record
 
 
-def _zero(variable, off, constrain, record):
+def _zero(bn, name, off, constrain, record):
+    variable = getattr(bn, name)
     value = keras.ops.convert_to_numpy(variable)
     record._restore.append((variable, value, variable.constraint))
     variable.assign(np.where(off, 0.0, value).astype(value.dtype))
     if constrain and off.any():
-        variable.constraint = ZeroChannels(off, variable.constraint)
+        record._held.append(hold_at_zero(bn, name, off))

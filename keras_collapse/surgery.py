@@ -4,6 +4,7 @@ import keras
 
 from keras_collapse.cost_model import MacCostModel
 from keras_collapse.graph import Graph
+from keras_collapse.masks import strip_masks
 from keras_collapse.passes.batchnorm import fold_batchnorms
 from keras_collapse.passes.dead_channels import remove_dead_channels
 from keras_collapse.passes.identities import remove_identities
@@ -136,6 +137,13 @@ def surgery(
     restore_plain_activations(graph, journal)
     use_safe_forms(graph, journal)
     result = graph.to_model(name=model.name)
+    # Masks that hold pruned / OFF weights at zero (`ZeroMask`) are training
+    # state: the result would need keras_collapse to load, and a pass that
+    # builds a layer from a masked one's config (a merge, a cut) would carry
+    # a mask of the wrong shape. Dropped here, once, on the new model's
+    # layers, whichever way each was made (cloned, or built by a pass);
+    # `Graph.to_model` itself keeps them, as `make_collapsible` must.
+    strip_masks(result)
 
     deviation = verification = None
     if verify:
