@@ -1,10 +1,6 @@
 """Pruning: which kernels, how much (NEPENTHE's budget), L1 magnitude, and the
 surgery of a pruned model."""
 
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -221,29 +217,7 @@ class TestSurgeryOfAPrunedModel(TestCase):
         assert isinstance(model.get_layer("fc").kernel_constraint, ZeroMask)
         assert isinstance(model.get_layer("fc").kernel.constraint, ZeroMask)
 
-        path = os.path.join(str(tmp_path), "small.keras")
-        small.save(path)
-        np.save(os.path.join(str(tmp_path), "x.npy"), x)
-        np.save(os.path.join(str(tmp_path), "y.npy"), expected)
-        script = "\n".join(
-            [
-                "import sys, numpy as np, keras",
-                f"m = keras.saving.load_model({path!r})",
-                "x, y = np.load('x.npy'), np.load('y.npy')",
-                "out = keras.ops.convert_to_numpy(m(x))",
-                "np.testing.assert_allclose(out, y, atol=1e-5, rtol=1e-5)",
-                "assert 'keras_collapse' not in sys.modules, 'keras_collapse imported'",
-                "print('ok')",
-            ]
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-            cwd=str(tmp_path),
-        )
-        assert result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+        self.assert_loads_without_keras_collapse(tmp_path, [(small, x, expected)])
 
     def test_make_collapsible_keeps_the_masks(self):
         x = keras.Input((4,))

@@ -2,6 +2,8 @@
 
 import importlib
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -38,6 +40,35 @@ class TestCase:
         path = os.path.join(str(tmp_path), name)
         model.save(path)
         return keras.saving.load_model(path)
+
+    def assert_loads_without_keras_collapse(self, tmp_path, cases, atol=1e-5):
+        """Saves each `(model, x, expected)` and loads them all in one fresh
+        process that must compute `expected` on `x` and never import
+        keras_collapse."""
+        lines = ["import sys, numpy as np, keras"]
+        for i, (model, x, expected) in enumerate(cases):
+            path = os.path.join(str(tmp_path), f"case{i}.keras")
+            model.save(path)
+            np.save(os.path.join(str(tmp_path), f"case{i}_x.npy"), x)
+            np.save(os.path.join(str(tmp_path), f"case{i}_y.npy"), expected)
+            lines += [
+                f"m = keras.saving.load_model({path!r})",
+                f"x, y = np.load('case{i}_x.npy'), np.load('case{i}_y.npy')",
+                "out = keras.ops.convert_to_numpy(m(x))",
+                f"np.testing.assert_allclose(out, y, atol={atol!r}, rtol={atol!r})",
+            ]
+        lines += [
+            "assert 'keras_collapse' not in sys.modules, 'keras_collapse imported'",
+            "print('ok')",
+        ]
+        result = subprocess.run(
+            [sys.executable, "-c", "\n".join(lines)],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            cwd=str(tmp_path),
+        )
+        assert result.stdout.strip().endswith("ok"), result.stderr[-2000:]
 
 
 def require(module_name, reason=None):
