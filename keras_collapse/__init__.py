@@ -2,6 +2,7 @@
 
 from keras_collapse.callbacks import EASIERCallback
 from keras_collapse.callbacks import LinearizationCallback
+from keras_collapse.callbacks import NEPENTHECallback
 from keras_collapse.callbacks import TLCCallback
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.collapsible import lock_linear
@@ -43,6 +44,7 @@ __all__ = [
     "LinearizationCallback",
     "LinearityRegularizer",
     "MacCostModel",
+    "NEPENTHECallback",
     "SurgeryReport",
     "TLCCallback",
     "VerificationError",

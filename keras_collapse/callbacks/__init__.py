@@ -2,6 +2,7 @@
 
 from keras_collapse.callbacks.easier import EASIERCallback
 from keras_collapse.callbacks.engine import LinearizationCallback
+from keras_collapse.callbacks.nepenthe import NEPENTHECallback
 from keras_collapse.callbacks.tlc import TLCCallback
 
-__all__ = ["EASIERCallback", "LinearizationCallback", "TLCCallback"]
+__all__ = ["EASIERCallback", "LinearizationCallback", "NEPENTHECallback", "TLCCallback"]

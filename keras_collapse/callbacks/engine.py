@@ -6,7 +6,10 @@ are re-estimated when there is data), rollback, patience, `max_layers`,
 `candidates`, logs, `events` and verbose lines live here. What to linearize
 next is a scorer's business (`keras_collapse.scores.scorers`); what
 "linearize" does to the weights is the action's (`linearize`, `ramp`).
-TLCCallback and EASIERCallback only choose a scorer.
+TLCCallback and EASIERCallback only choose a scorer; NEPENTHECallback
+overrides the change itself (`_act`: prune and linearize, handing the
+snapshot and undo records to `_pend`), and keeps schedule, guard and
+rollback.
 """
 
 import math
@@ -399,7 +402,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         elif self._best is None or self._better(value, self._best) == value:
             self._best = value
         if not self._stopped and self._room_after(epoch):
-            self._linearize_next(epoch)
+            self._act(epoch)
 
     def _judge(self, epoch, value):
         pending, self._pending = self._pending, None
@@ -417,7 +420,10 @@ class LinearizationCallback(keras.callbacks.Callback):
         pending = pending or self._pending
         self._pending = None
         sync_training_state(self.model)
-        for record in reversed(pending["ramp"].records or []):
+        records = list(pending.get("records", ()))
+        if pending.get("ramp") is not None:
+            records += pending["ramp"].records or []
+        for record in reversed(records):
             record.undo()
         self.model.set_weights(pending["snapshot"])
         rebuild_train_function(self.model)
@@ -437,7 +443,13 @@ class LinearizationCallback(keras.callbacks.Callback):
         if self._rejections >= self.patience:
             self._stop(epoch, f"{self._rejections} rollbacks in a row (patience)")
 
-    def _linearize_next(self, epoch):
+    def _act(self, epoch):
+        """Makes one decision's change (after the guard let it): by default
+        the scorer's first candidates are linearized. A method that changes
+        the model otherwise overrides this; it takes a snapshot
+        (`model.get_weights()`, after `sync_training_state`) before changing
+        anything and hands it to `_pend` with the undo records, or calls
+        `_stop`."""
         if self.max_layers is not None and len(self.linearized) >= self.max_layers:
             return self._stop(epoch, f"max_layers={self.max_layers} reached")
         pool = self._candidate_pairs()
@@ -456,14 +468,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         ramp_steps = self.ramp_epochs * steps if steps else 0
         self._ramp = Ramp(self.model, chosen, ramp_steps)
         layers = [s.pair.activation.name for s in chosen]
-        self.linearized.extend(layers)
-        self._pending = {
-            "epoch": epoch,
-            "layers": layers,
-            "ramp": self._ramp,
-            "snapshot": snapshot,
-            "reference": self._best,
-        }
+        self._pend(epoch, layers, snapshot, ramp=self._ramp)
         off = [None if s.off is None else int(np.sum(s.off)) for s in chosen]
         self._event(
             epoch,
@@ -476,6 +481,21 @@ class LinearizationCallback(keras.callbacks.Callback):
             ramp_epochs=self.ramp_epochs if ramp_steps else 0,
             ranked=[(s.pair.activation.name, s.value) for s in ranked],
         )
+
+    def _pend(self, epoch, layers, snapshot, records=(), ramp=None):
+        """Records a change to judge at the next decision: `layers` the
+        activations it linearized, `snapshot` the weights before it,
+        `records` what to `undo()` on rollback (in reverse order), `ramp` a
+        `Ramp` whose records are undone too."""
+        self.linearized.extend(layers)
+        self._pending = {
+            "epoch": epoch,
+            "layers": list(layers),
+            "records": list(records),
+            "ramp": ramp,
+            "snapshot": snapshot,
+            "reference": self._best,
+        }
 
     def _stop(self, epoch, reason):
         self._stopped = True
@@ -638,15 +658,22 @@ def _describe(method, event, key):
             f"{epoch}{method} linearized {layers} ({event['label']} {values}; "
             f"{off} OFF channels zeroed; {how})."
         )
+    if action == "pruned":
+        linearized = f"linearized {layers}; " if layers else ""
+        return (
+            f"{epoch}{method} {linearized}pruned {sum(event['pruned'].values())} "
+            f"weights in {sum(1 for n in event['pruned'].values() if n)} layer(s); "
+            f"sparsity {event['overall_sparsity']:.1%}."
+        )
     if action in ("accepted", "rolled back"):
         value = event.get("value")
         shown = "n/a" if value is None else f"{value:.4f}"
         best = event.get("best")
         best = "n/a" if best is None else f"{best:.4f}"
         tail = f" ({event['reason']})" if event.get("reason") else ""
+        what = f" {layers}" if layers else ""
         return (
-            f"{epoch}{method} {action} {layers}: {key} {shown}, best before "
-            f"{best}{tail}."
+            f"{epoch}{method} {action}{what}: {key} {shown}, best before {best}{tail}."
         )
     what = f" {layers}" if layers else ""
     return f"{epoch}{method} {action}{what}: {event.get('reason', '')}."

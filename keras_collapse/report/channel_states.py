@@ -1,6 +1,10 @@
 """Per-activation channel states as a table and as a matplotlib figure: one
 home for `BatchNormAnalysis` and `ActivationStatistics` (any
-`scores.layer_analysis.LayerAnalysis`)."""
+`scores.layer_analysis.LayerAnalysis`), and for per-layer quantities over a
+callback's rounds (`format_rounds`, `plot_rounds`: NEPENTHE's entropy and
+sparsity)."""
+
+import math
 
 from keras_collapse.report.table import _table
 
@@ -62,13 +66,7 @@ def plot_channel_states(analysis, ax=None):
     Raises:
         ImportError: if matplotlib is not installed, saying how to get it.
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError(
-            f"Plotting the {analysis.title} needs matplotlib. Install it with "
-            '`pip install "keras-collapse[plot]"` (or `pip install matplotlib`).'
-        ) from None
+    plt = _pyplot(f"the {analysis.title}")
     layers = list(analysis)
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.0))
@@ -105,5 +103,90 @@ def plot_channel_states(analysis, ax=None):
         handles + more_handles, labels + more_labels, fontsize=7, loc="upper left"
     )
     ax.set_title(f"{analysis.title} per activation (hatched: linearized)")
+    fig.tight_layout()
+    return fig
+
+
+def _pyplot(what):
+    """`matplotlib.pyplot`, imported when a figure is asked for."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            f"Plotting {what} needs matplotlib. Install it with "
+            '`pip install "keras-collapse[plot]"` (or `pip install matplotlib`).'
+        ) from None
+    return plt
+
+
+def format_rounds(title, epochs, series, notes=None):
+    """Per-layer values over rounds: one row per layer, one column per round.
+
+    Args:
+        title: str, the first line.
+        epochs: list of the rounds' epochs (column headings "epoch N").
+        series: dict quantity -> {layer: [value per round]} (None where the
+            layer was not measured); a cell shows every quantity, "/"-joined,
+            e.g. "0.412 / 37%": fractions named "*sparsity*" in percent.
+        notes: list of str per round to show under the table, or None.
+
+    Returns:
+        str.
+    """
+    quantities = list(series)
+    layers = list(dict.fromkeys(n for q in quantities for n in series[q]))
+
+    def cell(quantity, value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return f"{value:.0%}" if "sparsity" in quantity else f"{value:.3f}"
+
+    rows = [
+        (
+            name,
+            *(
+                " / ".join(
+                    cell(q, (series[q].get(name) or [None] * len(epochs))[i])
+                    for q in quantities
+                )
+                for i in range(len(epochs))
+            ),
+        )
+        for name in layers
+    ]
+    header = (" / ".join(quantities), *(f"epoch {e}" for e in epochs))
+    table = _table(title, header, rows, "<" + ">" * len(epochs))
+    extra = [f"epoch {e}: {n}" for e, n in zip(epochs, notes or []) if n]
+    return "\n".join([table, *extra])
+
+
+def plot_rounds(title, epochs, series, what="the rounds"):
+    """One panel per quantity, one line per layer over the rounds' epochs.
+
+    Args:
+        title: str, the figure's title.
+        epochs: list of the rounds' epochs (the x axis).
+        series: dict quantity -> {layer: [value per round or None]}.
+        what: str, named in the error without matplotlib.
+
+    Returns:
+        the matplotlib `Figure`.
+
+    Raises:
+        ImportError: if matplotlib is not installed, saying how to get it.
+    """
+    plt = _pyplot(what)
+    fig, axes = plt.subplots(
+        1, len(series), figsize=(5.0 * len(series), 3.6), squeeze=False
+    )
+    for ax, (quantity, lines) in zip(axes[0], series.items()):
+        for name, values in lines.items():
+            ys = [float("nan") if v is None else v for v in values]
+            ax.plot(epochs, ys, "o-", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(quantity)
+        ax.set_ylim(bottom=0)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

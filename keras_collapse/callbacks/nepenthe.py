@@ -1,0 +1,338 @@
+"""NEPENTHECallback: entropy-guided unstructured pruning that drives layers to
+zero entropy, then linearizes them, on the shared decision engine."""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_collapse.callbacks.engine import DecisionContext
+from keras_collapse.callbacks.engine import LinearizationCallback
+from keras_collapse.collapsible import sync_training_state
+from keras_collapse.linearize import linearize_pairs
+from keras_collapse.linearize import rebuild_train_function
+from keras_collapse.masks import held_mask
+from keras_collapse.masks import hold_at_zero
+from keras_collapse.prune import allocate_budget
+from keras_collapse.prune import prunable_layers
+from keras_collapse.prune import prune_by_count
+from keras_collapse.prune import sparsity
+from keras_collapse.scores.scorers import EntropyScorer
+
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
+class NEPENTHECallback(LinearizationCallback):
+    """NEPENTHE: prunes single weights during `fit`, most where the ON/OFF
+    entropy is lowest, until layers reach entropy 0 and are linearized.
+
+    The candidates are the collapsible activations fed by a Conv/Dense/
+    DepthwiseConv kernel (`prunable_layers`). At each decision (after
+    `warmup_epochs`, then every `interval` epochs):
+
+    1. The ON/OFF entropy H_l of every candidate is measured on a fixed
+       sample of `data` (`activation_statistics`, inference mode).
+    2. Every candidate whose entropy is at most `zero_entropy` is linearized
+       (always-ON channels pass; always-OFF channels are zeroed at their
+       BatchNormalization, or, without one, in the kernel and bias feeding
+       them) and leaves the candidate set.
+    3. The others get the score s_l = H_l * mean |w| over the kernel weights
+       they have left; `round(prune_fraction * remaining)` of all their
+       remaining weights are pruned (`prune_by_count`, smallest |w| first,
+       held at zero by a mask while training goes on), shared by
+       `allocate_budget`: softmax(S / s_l), S = sum of the scores, each
+       share capped at what a layer has left. A layer with nothing left (or
+       only exact zeros) is left out of the share.
+
+    The round is judged at the next decision like any change of the engine
+    (the guard): a round that costs too much is undone, weights and masks,
+    and the layers it linearized are kept nonlinear (`kept`) and leave the
+    candidate set.
+    Follow with `keras_collapse.surgery`: the linearized layers are merged,
+    the masks dropped.
+
+    Logs each epoch `nepenthe_sparsity` (all candidate kernels),
+    `nepenthe_sparsity_<layer>` per kernel layer, `nepenthe_entropy_<act>`
+    per activation (the last measurement; NaN before the first),
+    `nepenthe_linearized` and `nepenthe_rollbacks`. `events` holds one
+    "pruned" entry per round (entropy, score, remaining, pruned, sparsity
+    per activation); `history()`, `table()` and `plot()` show entropy and
+    sparsity per layer over the rounds.
+
+    Args:
+        data: the inputs (arrays `x` or `(x, y)`, labels ignored; tf.data,
+            PyDataset, DataLoader or any iterable of batches).
+        validation_data: labelled `(x, y)` data for the guard, or None.
+            Defaults to `None`.
+        prune_fraction: float in (0, 1), the fraction of the remaining
+            candidate weights pruned per round. Defaults to `0.5`.
+        samples: int, the rows of the fixed samples. Defaults to `1024`.
+        zero_entropy: float, the entropy (bits) at or below which a layer is
+            linear on the sample and linearized. Defaults to `1e-6`.
+        **kwargs: the engine's arguments (see `LinearizationCallback`):
+            `warmup_epochs` (1), `interval` (2), `monitor`, `tolerance`,
+            `patience` (3), `max_layers` (the most activations linearized),
+            `candidates`, `recalibrate`, `batch_size`, `seed`, `verbose`.
+            A round acts at once (`ramp_epochs` is 0).
+
+    Raises:
+        ValueError: for bad arguments; at `on_train_begin` (before any
+            change), if no collapsible activation has a kernel to prune.
+
+    Example:
+
+    >>> nepenthe = keras_collapse.NEPENTHECallback(x_train[:2048])
+    >>> model.fit(x_train, y_train, epochs=12, callbacks=[nepenthe])
+    >>> print(nepenthe.table())
+    >>> small = keras_collapse.surgery(model)
+
+    Reference:
+        NEPENTHE, arXiv 2404.16890; EGP, arXiv 2308.06619.
+    """
+
+    method = "NEPENTHECallback"
+    log_prefix = "nepenthe"
+
+    def __init__(
+        self,
+        data,
+        validation_data=None,
+        prune_fraction=0.5,
+        *,
+        samples=1024,
+        zero_entropy=1e-6,
+        **kwargs,
+    ):
+        if data is None:
+            raise ValueError(
+                "NEPENTHECallback measures ON/OFF entropy over data: pass "
+                "`data=x_sample` (a few thousand training inputs). Received: "
+                "data=None"
+            )
+        if (
+            isinstance(prune_fraction, bool)
+            or not isinstance(prune_fraction, (int, float, np.integer, np.floating))
+            or not 0 < prune_fraction < 1
+        ):
+            raise ValueError(
+                "`prune_fraction` must be a number in (0, 1), the fraction of "
+                "the remaining weights pruned per round. Received: "
+                f"prune_fraction={prune_fraction!r}"
+            )
+        if (
+            isinstance(zero_entropy, bool)
+            or not isinstance(zero_entropy, (int, float))
+            or not zero_entropy >= 0
+        ):
+            raise ValueError(
+                "`zero_entropy` must be a number >= 0. Received: "
+                f"zero_entropy={zero_entropy!r}"
+            )
+        if kwargs.get("ramp_epochs", 0) != 0:
+            raise ValueError(
+                "NEPENTHECallback acts at once: `ramp_epochs` must be 0. "
+                f"Received: ramp_epochs={kwargs['ramp_epochs']!r}"
+            )
+        kwargs["ramp_epochs"] = 0
+        self.prune_fraction = float(prune_fraction)
+        self.zero_entropy = zero_entropy
+        super().__init__(
+            EntropyScorer(zero_entropy),
+            data=data,
+            validation_data=validation_data,
+            samples=samples,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------- lifecycle
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.rounds = []
+        self._kernels = {}  # activation name -> its kernel layer
+        self._entropy = {}
+        for entry in prunable_layers(self.model):
+            if entry.layer is not None:
+                self._kernels[entry.activation.name] = entry.layer
+        allowed = set(self.candidates) if self.candidates is not None else None
+        usable = [n for n in self._kernels if allowed is None or n in allowed]
+        if not usable:
+            skipped = {
+                e.activation.name: e.reason
+                for e in prunable_layers(self.model)
+                if e.layer is None
+            }
+            raise ValueError(
+                f"NEPENTHECallback found no collapsible activation of model "
+                f"'{self.model.name}' fed by a Conv/Dense/DepthwiseConv kernel "
+                f"it could prune{' among `candidates`' if allowed else ''}. "
+                f"Not prunable: {skipped}"
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        super().on_epoch_end(epoch, logs)
+        prefix = self.log_prefix
+        state = sparsity(self.model)
+        names = {layer.name for layer in self._kernels.values()}
+        masked = sum(state.masked[n] for n in names)
+        size = sum(state.sizes[n] for n in names)
+        logs[f"{prefix}_sparsity"] = masked / size if size else 0.0
+        for act, layer in self._kernels.items():
+            logs[f"{prefix}_sparsity_{layer.name}"] = state.layers[layer.name]
+            logs[f"{prefix}_entropy_{act}"] = float(self._entropy.get(act, math.nan))
+
+    def _rollback(self, epoch, value, reason, pending=None):
+        super()._rollback(epoch, value, reason, pending)
+        if self.rounds:
+            self.rounds[-1]["rolled_back"] = True
+
+    # ------------------------------------------------------------ one round
+    def _candidate_pairs(self):
+        return [
+            p for p in super()._candidate_pairs() if p.activation.name in self._kernels
+        ]
+
+    def _act(self, epoch):
+        pool = self._candidate_pairs()
+        if not pool:
+            return self._stop(epoch, "no candidate left")
+        sync_training_state(self.model)
+        stats = DecisionContext(self).statistics(pool)
+        by_name = {s.name: s for s in stats}
+        zero, scored = [], []
+        room = (
+            math.inf
+            if self.max_layers is None
+            else self.max_layers - len(self.linearized)
+        )
+        for pair in pool:
+            s = by_name[pair.activation.name]
+            if not math.isfinite(s.entropy):
+                DecisionContext(self).skip(s.name, "non-finite statistics")
+                continue
+            self._entropy[s.name] = s.entropy
+            if s.entropy <= self.zero_entropy:
+                if len(zero) < room:
+                    zero.append((pair, s.never_on))
+            else:
+                scored.append(pair)
+        sync_training_state(self.model)
+        snapshot = self.model.get_weights()
+        records = self._linearize(zero)
+        entropy, scores, remaining, kernels = {}, {}, {}, {}
+        for pair in scored:
+            name = pair.activation.name
+            layer = self._kernels[name]
+            free = ~held_mask(layer, "kernel")
+            kernel = keras.ops.convert_to_numpy(layer.kernel)
+            entropy[name] = by_name[name].entropy
+            remaining[name] = int(free.sum())
+            kernels[name] = layer.name
+            magnitude = float(np.mean(np.abs(kernel[free]))) if free.any() else 0.0
+            scores[name] = entropy[name] * magnitude
+        share = {n: s for n, s in scores.items() if remaining[n] and s > 0}
+        budget = round(self.prune_fraction * sum(remaining[n] for n in share))
+        counts = (
+            allocate_budget(share, {n: remaining[n] for n in share}, budget)
+            if share
+            else {}
+        )
+        pruned = {n: counts.get(n, 0) for n in scores}
+        records += prune_by_count(
+            self.model, {kernels[n]: c for n, c in pruned.items() if c}
+        )
+        if not zero and not any(pruned.values()):
+            return self._stop(epoch, "nothing left to prune or linearize")
+        layers = [pair.activation.name for pair, _ in zero]
+        self._pend(epoch, layers, snapshot, records)
+        state = sparsity(self.model)
+        event = {
+            "linearized": layers,
+            "entropy": {n: by_name[n].entropy for n in by_name},
+            "score": scores,
+            "remaining": remaining,
+            "budget": budget,
+            "pruned": pruned,
+            "kernels": {a: k.name for a, k in self._kernels.items()},
+            "sparsity": {a: state.layers[k.name] for a, k in self._kernels.items()},
+            "overall_sparsity": self._overall(state),
+        }
+        self.rounds.append({"epoch": epoch + 1, "rolled_back": False, **event})
+        self._event(epoch, "pruned", layers, **event)
+
+    def _overall(self, state):
+        names = {layer.name for layer in self._kernels.values()}
+        size = sum(state.sizes[n] for n in names)
+        return sum(state.masked[n] for n in names) / size if size else 0.0
+
+    def _linearize(self, zero):
+        """Linearizes the zero-entropy pairs, their never-ON channels zeroed
+        (at the BN, else in the kernel and bias feeding them)."""
+        if not zero:
+            return []
+        pairs = [pair for pair, _ in zero]
+        records = []
+        for pair, off in zero:
+            if pair.batchnorm is None and off.any():
+                records += self._zero_channels(self._kernels[pair.activation.name], off)
+        records += linearize_pairs(self.model, pairs, [off for _, off in zero])
+        rebuild_train_function(self.model)
+        return records
+
+    def _zero_channels(self, layer, off):
+        # Values come back from the engine's snapshot on rollback.
+        if isinstance(layer, _DEPTHWISE) or layer.kernel.shape[-1] != len(off):
+            return []  # output channels not along the kernel's last axis
+        kernel = np.broadcast_to(off, tuple(layer.kernel.shape))
+        records = [hold_at_zero(layer, "kernel", kernel)]
+        if getattr(layer, "use_bias", False) and layer.bias is not None:
+            records.append(hold_at_zero(layer, "bias", off))
+        return records
+
+    # ---------------------------------------------------------------- seeing
+    def history(self):
+        """Entropy and sparsity per activation over the rounds.
+
+        Returns:
+            dict with "epoch" (list, one per round), "rolled_back" (list of
+            bool), "entropy" and "sparsity" ({activation: [value per
+            round]}, None where not measured: a linearized layer).
+        """
+        names = list(self._kernels) if hasattr(self, "_kernels") else []
+        return {
+            "epoch": [r["epoch"] for r in getattr(self, "rounds", [])],
+            "rolled_back": [r["rolled_back"] for r in getattr(self, "rounds", [])],
+            "entropy": {n: [r["entropy"].get(n) for r in self.rounds] for n in names},
+            "sparsity": {n: [r["sparsity"].get(n) for r in self.rounds] for n in names},
+        }
+
+    def table(self):
+        """The history as text: per activation, "entropy / sparsity" at
+        each round (after the round's pruning)."""
+        from keras_collapse.report.channel_states import format_rounds
+
+        h = self.history()
+        notes = ["rolled back" if back else "" for back in h["rolled_back"]]
+        for i, r in enumerate(getattr(self, "rounds", [])):
+            if r["linearized"]:
+                lin = "linearized " + ", ".join(r["linearized"])
+                notes[i] = f"{lin}; {notes[i]}" if notes[i] else lin
+        return format_rounds(
+            "NEPENTHE rounds: entropy (bits) / kernel sparsity per activation",
+            h["epoch"],
+            {"entropy": h["entropy"], "sparsity": h["sparsity"]},
+            notes,
+        )
+
+    def plot(self):
+        """Entropy and sparsity per activation over the rounds, as a
+        matplotlib `Figure` (needs matplotlib)."""
+        from keras_collapse.report.channel_states import plot_rounds
+
+        h = self.history()
+        return plot_rounds(
+            "NEPENTHE: entropy and sparsity per activation",
+            h["epoch"],
+            {"entropy (bits)": h["entropy"], "kernel sparsity": h["sparsity"]},
+            what="NEPENTHE's rounds",
+        )

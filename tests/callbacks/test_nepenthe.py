@@ -1,0 +1,314 @@
+"""NEPENTHECallback: entropy-steered pruning rounds, zero-entropy layers
+linearized, guard and rollback of weights and masks, records."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_collapse as kc
+from keras_collapse.masks import held_mask
+from tests.callbacks.test_easier import entropy_model
+from tests.callbacks.test_easier import inputs_and_targets
+from tests.callbacks.test_tlc import fit
+from tests.testing import TestCase
+
+layers = keras.layers
+KERNELS = {
+    "alive": "alive_dense",
+    "toss1": "toss1_dense",
+    "mostly": "mostly_dense",
+    "toss2": "toss2_dense",
+    "split": "split_dense",
+}
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def trainable_model(seed=0):
+    """Dense -> BN -> PReLU twice, then Dense -> PReLU without BN; Adam."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    h = inputs
+    for i in range(2):
+        h = layers.Dense(12, name=f"d{i}")(h)
+        h = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(h)
+        h = kc.CollapsiblePReLU(name=f"a{i}")(h)
+    h = kc.CollapsiblePReLU(name="a2")(layers.Dense(8, name="d2")(h))
+    model = keras.Model(inputs, layers.Dense(2, name="head")(h))
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    return model
+
+
+def regression_data(n=256):
+    x = np.random.default_rng(0).standard_normal((n, 6)).astype("float32")
+    y = np.random.default_rng(1).standard_normal((n, 2)).astype("float32")
+    return x, y
+
+
+class Recorder(keras.callbacks.Callback):
+    """Kernels and masks of the given layers at every epoch end (list it
+    before NEPENTHECallback: what the round saw; after it: what it did)."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names, self.kernels, self.masks, self.weights = names, {}, {}, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        kc.sync_training_state(self.model)
+        self.weights[epoch] = [w.copy() for w in self.model.get_weights()]
+        self.kernels[epoch], self.masks[epoch] = {}, {}
+        for name in self.names:
+            layer = self.model.get_layer(name)
+            self.kernels[epoch][name] = numpy(layer.kernel).copy()
+            self.masks[epoch][name] = held_mask(layer, "kernel")
+
+
+def oracle_shares(scores, caps, budget):
+    """softmax(S / s) of `budget`, capped, excess redistributed (reals)."""
+    s = np.asarray(scores, float)
+    caps = np.asarray(caps, float)
+    logits = s.sum() / s
+    shares, free, left = np.zeros(len(s)), np.ones(len(s), bool), float(budget)
+    while free.any():
+        w = np.exp(logits[free] - logits[free].max())
+        share = left * w / w.sum()
+        over = share > caps[free]
+        if not over.any():
+            shares[free] = share
+            break
+        idx = np.flatnonzero(free)[over]
+        shares[idx] = caps[idx]
+        left -= caps[idx].sum()
+        free[idx] = False
+    return shares
+
+
+def frozen(x, **kwargs):
+    kwargs = {
+        "interval": 1,
+        "recalibrate": False,
+        "tolerance": 1e6,
+        "verbose": 0,
+        **kwargs,
+    }
+    return kc.NEPENTHECallback(x, **kwargs)
+
+
+class TestRounds(TestCase):
+    def test_budget_follows_the_formula(self):
+        model = entropy_model()
+        x, y = inputs_and_targets(model)
+        names = list(KERNELS.values())
+        entropy = {s.name: s.entropy for s in kc.activation_statistics(model, x)}
+        seen = Recorder(names)
+        nep = frozen(x, prune_fraction=0.3)
+        fit(model, (x, y), [seen, nep], epochs=3)
+        rounds = [e for e in nep.events if e["action"] == "pruned"]
+        assert len(rounds) == 2
+        # The first round: the planted layers have entropy 0 and are
+        # linearized, not pruned; the measured entropy is activation_statistics'.
+        first = rounds[0]
+        assert sorted(first["layers"]) == ["alive", "split"]
+        for name, h in first["entropy"].items():
+            assert abs(h - entropy[name]) < 1e-6
+        for r, event in enumerate(rounds):
+            epoch = event["epoch"] - 1
+            scored = list(event["score"])
+            assert set(scored) == {"toss1", "mostly", "toss2"}
+            expected = {}
+            for act in scored:
+                kernel = seen.kernels[epoch][KERNELS[act]]
+                free = ~seen.masks[epoch][KERNELS[act]]
+                assert event["remaining"][act] == int(free.sum())
+                expected[act] = event["entropy"][act] * np.mean(np.abs(kernel[free]))
+                self.assert_close(event["score"][act], expected[act], rtol=1e-5)
+            caps = [event["remaining"][a] for a in scored]
+            budget = round(0.3 * sum(caps))
+            assert event["budget"] == budget
+            assert event["pruned"] == kc.allocate_budget(
+                expected, event["remaining"], budget
+            )
+            assert sum(event["pruned"].values()) == budget
+            shares = oracle_shares([expected[a] for a in scored], caps, budget)
+            for a, share in zip(scored, shares):
+                assert abs(event["pruned"][a] - share) < 1.0
+            # What was pruned: the smallest remaining |w|, now masked.
+            for act in scored:
+                name = KERNELS[act]
+                new = nep.model.get_layer(name)
+                mask = held_mask(new, "kernel") if r == len(rounds) - 1 else None
+                if mask is not None:
+                    before = seen.masks[epoch][name]
+                    assert int((mask & ~before).sum()) == event["pruned"][act]
+        # The lower-entropy layer loses more.
+        assert first["pruned"]["mostly"] > first["pruned"]["toss1"]
+
+    def test_masks_hold_through_fit_and_save_load(self, tmp_path):
+        model = trainable_model()
+        x, y = regression_data()
+        names = ["d0", "d1", "d2"]
+        after = Recorder(names)
+        path = str(tmp_path / "mid.keras")
+        nep = kc.NEPENTHECallback(x, interval=1, tolerance=1e6, verbose=0)
+        checkpoint = keras.callbacks.ModelCheckpoint(path)
+        history = fit(model, (x, y), [nep, after, checkpoint], epochs=4)
+        masks = after.masks
+        for epoch in range(1, 4):
+            for name in names:
+                # Masks only grow, and the masked entries stay exactly zero.
+                assert np.all(masks[epoch][name] >= masks[epoch - 1][name])
+                np.testing.assert_array_equal(
+                    after.kernels[epoch][name][masks[epoch][name]], 0.0
+                )
+        assert masks[0]["d0"].any()
+        overall = history.history["nepenthe_sparsity"]
+        assert overall[0] > 0 and overall == sorted(overall)
+        assert "nepenthe_sparsity_d1" in history.history
+        assert "nepenthe_entropy_a1" in history.history
+        loaded = keras.saving.load_model(path)
+        for name in names:
+            np.testing.assert_array_equal(
+                held_mask(loaded.get_layer(name), "kernel"), masks[3][name]
+            )
+        loaded.compile(keras.optimizers.Adam(1e-2), "mse")
+        loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        for name in names:
+            kernel = numpy(loaded.get_layer(name).kernel)
+            np.testing.assert_array_equal(kernel[masks[3][name]], 0.0)
+
+    def test_zero_entropy_layers_are_linearized_and_merged(self):
+        model = entropy_model()
+        x, y = inputs_and_targets(model)
+        nep = frozen(x, prune_fraction=0.2)
+        fit(model, (x, y), [nep], epochs=2)
+        assert sorted(nep.linearized) == ["alive", "split"]
+        assert model.get_layer("alive").is_locked
+        gamma = numpy(model.get_layer("split_bn").gamma)
+        np.testing.assert_array_equal(gamma[1::2], 0.0)  # never ON: zeroed
+        expected = numpy(model(x))
+        small, report = kc.surgery(model, return_report=True)
+        self.assert_close(small(x), expected, atol=1e-4)
+        assert report.after.depth == report.before.depth - 2
+        assert not any(
+            isinstance(getattr(layer, "kernel_constraint", None), kc.ZeroMask)
+            for layer in small.layers
+        )
+
+    def test_no_batchnorm_off_channels_are_zeroed_in_the_kernel(self):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        dense = layers.Dense(4, name="d")
+        act = kc.CollapsiblePReLU(name="act")
+        h = act(dense(inputs))
+        model = keras.Model(inputs, layers.Dense(2, name="head")(h))
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        x = np.abs(np.random.default_rng(0).standard_normal((64, 4))).astype("float32")
+        # Channels 0, 1 always ON, 2, 3 always OFF on positive inputs.
+        kernel = np.array([[1, 1, -1, -1]] * 4, "float32")
+        dense.set_weights([kernel, np.array([0.1, 0.1, -0.1, -0.1], "float32")])
+        y = numpy(model(x))
+        nep = frozen(x)
+        fit(model, (x, y), [nep], epochs=2)
+        assert nep.linearized == ["act"]
+        np.testing.assert_array_equal(numpy(dense.kernel)[:, 2:], 0.0)
+        np.testing.assert_array_equal(numpy(dense.bias)[2:], 0.0)
+        small = kc.surgery(model)
+        self.assert_close(small(x), y, atol=1e-5)
+
+
+class TestGuard(TestCase):
+    def test_rollback_restores_weights_and_masks(self):
+        class Probe(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs["probe"] = 1.0 if epoch == 0 else 10.0
+
+        model = entropy_model()
+        x, y = inputs_and_targets(model)
+        before = Recorder(list(KERNELS.values()))
+        nep = kc.NEPENTHECallback(
+            x,
+            interval=1,
+            monitor="probe",
+            patience=1,
+            recalibrate=False,
+            verbose=0,
+        )
+        fit(model, (x, y), [Probe(), before, nep], epochs=3)
+        actions = [e["action"] for e in nep.events]
+        assert actions == ["pruned", "rolled back", "stopped"]
+        assert nep.rollbacks == 1 and nep.linearized == []
+        assert sorted(nep.kept) == ["alive", "split"]
+        assert nep.rounds[0]["rolled_back"]
+        assert kc.sparsity(model).overall == 0.0
+        for name in KERNELS.values():
+            assert model.get_layer(name).kernel.constraint is None
+            assert model.get_layer(name).kernel_constraint is None
+        assert not model.get_layer("alive").is_locked
+        for restored, snapshot in zip(model.get_weights(), before.weights[0]):
+            np.testing.assert_array_equal(restored, snapshot)
+        assert "rolled back" in nep.table()
+
+
+class TestRecords(TestCase):
+    def test_history_table_plot_and_verbose(self, capsys):
+        model = entropy_model()
+        x, y = inputs_and_targets(model)
+        nep = frozen(x, verbose=1)
+        fit(model, (x, y), [nep], epochs=3)
+        out = capsys.readouterr().out
+        assert "NEPENTHECallback linearized" in out and "pruned" in out
+        h = nep.history()
+        assert h["epoch"] == [1, 2]
+        assert h["entropy"]["alive"][1] is None  # linearized: not measured
+        assert h["sparsity"]["toss1"][1] > h["sparsity"]["toss1"][0] > 0
+        table = nep.table()
+        assert "epoch 1" in table and "toss1" in table and "linearized" in table
+        pytest.importorskip("matplotlib")
+        fig = nep.plot()
+        assert len(fig.axes) == 2
+
+
+class TestBadInput(TestCase):
+    @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5, True, "half", None])
+    def test_prune_fraction(self, fraction):
+        with pytest.raises(ValueError, match="prune_fraction"):
+            kc.NEPENTHECallback(np.zeros((4, 6)), prune_fraction=fraction)
+
+    def test_no_data(self):
+        with pytest.raises(ValueError, match="data"):
+            kc.NEPENTHECallback(None)
+
+    def test_ramp_epochs(self):
+        with pytest.raises(ValueError, match="ramp_epochs"):
+            kc.NEPENTHECallback(np.zeros((4, 6)), ramp_epochs=1)
+
+    def test_no_prunable_candidate(self):
+        inputs = keras.Input((8, 8, 2))
+        h = layers.Conv2D(4, 3, name="conv")(inputs)
+        h = kc.CollapsiblePReLU(name="act")(layers.MaxPooling2D()(h))
+        h = layers.GlobalAveragePooling2D()(h)
+        model = keras.Model(inputs, layers.Dense(1)(h))
+        model.compile("sgd", "mse")
+        x = np.zeros((8, 8, 8, 2), "float32")
+        weights = [w.copy() for w in model.get_weights()]
+        nep = kc.NEPENTHECallback(x, verbose=0)
+        with pytest.raises(ValueError, match="no collapsible activation.*prune"):
+            model.fit(x, np.zeros((8, 1)), epochs=2, verbose=0, callbacks=[nep])
+        for a, b in zip(weights, model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+    def test_layers_with_nothing_left_leave_the_share(self):
+        model = trainable_model()
+        x, y = regression_data()
+        kc.prune_by_fraction(model, {"d0": 1.0})
+        nep = kc.NEPENTHECallback(x, interval=1, tolerance=1e6, verbose=0)
+        fit(model, (x, y), [nep], epochs=3)
+        rounds = [e for e in nep.events if e["action"] == "pruned"]
+        assert rounds
+        for event in rounds:
+            if "a0" in event["score"]:
+                assert event["remaining"]["a0"] == 0
+                assert event["pruned"]["a0"] == 0
+        assert kc.sparsity(model).layers["d0"] == 1.0
