@@ -10,10 +10,13 @@ base model, then fine-tune copies of it for the same number of epochs
   guarded by the sample's accuracy),
 - with `EASIERCallback(data=x_train, validation_data=(x_val, y_val))`
   (ON/OFF entropy on a training sample, guarded on the validation sample),
+- with `NEPENTHECallback(x_train, validation_data=(x_val, y_val))`
+  (unstructured pruning rounds steered to low-entropy layers, zero-entropy
+  layers linearized; the rounds the budget allows, no ramp),
 - with `TLCCallback(ranking="random")` (random layer, data-free schedule and
   guard: the baseline a ranking must beat),
 then `surgery`. Reported per run: activations linearized out of total,
-rollbacks, test accuracy (of the fine-tuned model and of its surgery result,
+rollbacks, kernel sparsity (NEPENTHE's masks), test accuracy (of the fine-tuned model and of its surgery result,
 which must agree), test accuracy after `recalibrate_batchnorm` on the
 training sample, real depth / params / MACs after surgery, latency of the
 result vs the BN-folded base model (batch 1 and 64, measured side by side in
@@ -56,6 +59,7 @@ RUNS = {
     "tlc-data": "TLC, data",
     "tlc-validation": "TLC, validation",
     "easier": "EASIER",
+    "nepenthe": "NEPENTHE",
     "random": "random layer",
 }
 
@@ -211,6 +215,12 @@ def make_callback(run, args, train, val):
         return kc.EASIERCallback(
             data=train[0], validation_data=val, samples=args.samples, **common
         )
+    if run == "NEPENTHE":
+        # Pruning rounds act at once: no ramp.
+        pruning = {k: v for k, v in common.items() if k != "ramp_epochs"}
+        return kc.NEPENTHECallback(
+            train[0], validation_data=val, samples=args.samples, **pruning
+        )
     if run == "random layer":
         return kc.TLCCallback(ranking="random", **common)
     raise ValueError(f"unknown run {run!r}")
@@ -240,6 +250,7 @@ def run_model(name, args, data, log):
             "linearized": 0,
             "activations": total,
             "rollbacks": 0,
+            "sparsity": 0.0,
             "layers": [],
             "accuracy": base_accuracy,
             "collapsed_accuracy": accuracy(folded, test),
@@ -289,6 +300,7 @@ def run_model(name, args, data, log):
                 "linearized": len(callback.linearized) if callback else 0,
                 "activations": total,
                 "rollbacks": callback.rollbacks if callback else 0,
+                "sparsity": kc.sparsity(model).overall,
                 "layers": list(callback.linearized) if callback else [],
                 "monitored": callback.monitored if callback else None,
                 "accuracy": accuracy(model, test),
@@ -319,6 +331,7 @@ def format_rows(rows):
         "run",
         "linearized",
         "rollbacks",
+        "sparsity",
         "test acc",
         "after surgery",
         "BN recal.",
@@ -336,6 +349,7 @@ def format_rows(rows):
             r["run"],
             f"{r['linearized']}/{r['activations']}",
             r["rollbacks"],
+            f"{r['sparsity']:.0%}",
             f"{r['accuracy']:.4f}",
             f"{r['collapsed_accuracy']:.4f}",
             f"{r['recalibrated_accuracy']:.4f}",
@@ -503,6 +517,9 @@ def main(argv=None):
             "latency: the surgery result vs the BN-folded base, median of "
             f"{args.repeats} interleaved runs (>1 = faster); fit s: wall time "
             "of the fine-tuning fit (callback included)",
+            "sparsity: the fraction of the prunable kernels held at zero by "
+            "NEPENTHE's masks (its rounds act at once: no ramp); the weights "
+            "stay dense, so it changes neither params, MACs nor latency",
             "",
             format_rows(rows),
         ]

@@ -27,6 +27,7 @@ RUNS = [
     "TLC, data",
     "TLC, validation",
     "EASIER",
+    "NEPENTHE",
     "random layer",
 ]
 
@@ -88,13 +89,22 @@ def test_linearization_benchmark_on_digits(tmp_path):
     for r in [control, *methods]:
         assert r["epochs"] == base_epochs + finetune_epochs
     # Warm-up 1, interval 2 (the defaults): in 3 epochs one decision has
-    # room to be judged, so each method makes at most one change.
+    # room to be judged, so each method makes at most one change (NEPENTHE's
+    # is a pruning round, which may also linearize).
+    changed = ("linearized", "pruned")
     for r in methods:
-        changes = [e for e in r["events"] if e["action"] == "linearized"]
+        changes = [e for e in r["events"] if e["action"] in changed]
         assert len(changes) <= 1 and r["rollbacks"] <= len(changes)
         assert r["linearized"] == sum(
-            len(e["layers"]) for e in r["events"] if e["action"] == "linearized"
+            len(e["layers"]) for e in r["events"] if e["action"] in changed
         ) - sum(len(e["layers"]) for e in r["events"] if e["action"] == "rolled back")
+    # Only NEPENTHE prunes: half its candidates' weights, unless rolled back.
+    nepenthe = rows[RUNS.index("NEPENTHE")]
+    for r in rows:
+        if r is not nepenthe:
+            assert r["sparsity"] == 0.0
+    if nepenthe["rollbacks"] == 0:
+        assert 0.3 < nepenthe["sparsity"] < 0.7
     assert sum(r["linearized"] + r["rollbacks"] for r in methods) > 0
     # Every guard is an accuracy: the training one in the logs (data-free
     # TLC, TLC with data, random) or the validation sample's (the others).

@@ -46,14 +46,16 @@ class NEPENTHECallback(LinearizationCallback):
 
     The round is judged at the next decision like any change of the engine
     (the guard): a round that costs too much is undone, weights and masks,
-    and the layers it linearized are kept nonlinear (`kept`) and leave the
-    candidate set.
+    the layers it linearized are kept nonlinear (`kept`) and leave the
+    candidate set, and the next rounds prune half the fraction (the same
+    round again would fail again); `patience` rollbacks in a row stop it.
     Follow with `keras_collapse.surgery`: the linearized layers are merged,
     the masks dropped.
 
     Logs each epoch `nepenthe_sparsity` (all candidate kernels),
     `nepenthe_sparsity_<layer>` per kernel layer, `nepenthe_entropy_<act>`
     per activation (the last measurement; NaN before the first),
+    `nepenthe_prune_fraction` (the fraction of the next round),
     `nepenthe_linearized` and `nepenthe_rollbacks`. `events` holds one
     "pruned" entry per round (entropy, score, remaining, pruned, sparsity
     per activation); `history()`, `table()` and `plot()` show entropy and
@@ -148,6 +150,7 @@ class NEPENTHECallback(LinearizationCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.rounds = []
+        self.fraction = self.prune_fraction  # halved by each rolled back round
         self._kernels = {}  # activation name -> its kernel layer
         self._entropy = {}
         for entry in prunable_layers(self.model):
@@ -177,6 +180,7 @@ class NEPENTHECallback(LinearizationCallback):
         masked = sum(state.masked[n] for n in names)
         size = sum(state.sizes[n] for n in names)
         logs[f"{prefix}_sparsity"] = masked / size if size else 0.0
+        logs[f"{prefix}_prune_fraction"] = self.fraction
         for act, layer in self._kernels.items():
             logs[f"{prefix}_sparsity_{layer.name}"] = state.layers[layer.name]
             logs[f"{prefix}_entropy_{act}"] = float(self._entropy.get(act, math.nan))
@@ -185,6 +189,8 @@ class NEPENTHECallback(LinearizationCallback):
         super()._rollback(epoch, value, reason, pending)
         if self.rounds:
             self.rounds[-1]["rolled_back"] = True
+            if any(self.rounds[-1]["pruned"].values()):
+                self.fraction /= 2
 
     # ------------------------------------------------------------ one round
     def _candidate_pairs(self):
@@ -231,7 +237,7 @@ class NEPENTHECallback(LinearizationCallback):
             magnitude = float(np.mean(np.abs(kernel[free]))) if free.any() else 0.0
             scores[name] = entropy[name] * magnitude
         share = {n: s for n, s in scores.items() if remaining[n] and s > 0}
-        budget = round(self.prune_fraction * sum(remaining[n] for n in share))
+        budget = round(self.fraction * sum(remaining[n] for n in share))
         counts = (
             allocate_budget(share, {n: remaining[n] for n in share}, budget)
             if share
@@ -251,6 +257,7 @@ class NEPENTHECallback(LinearizationCallback):
             "entropy": {n: by_name[n].entropy for n in by_name},
             "score": scores,
             "remaining": remaining,
+            "prune_fraction": self.fraction,
             "budget": budget,
             "pruned": pruned,
             "kernels": {a: k.name for a, k in self._kernels.items()},

@@ -251,6 +251,66 @@ class TestGuard(TestCase):
         assert "rolled back" in nep.table()
 
 
+    def test_rolled_back_rounds_halve_the_next_fraction(self):
+        class Probe(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs["probe"] = 1.0 if epoch == 0 else 10.0 * epoch
+
+        model = trainable_model()
+        x, y = regression_data()
+        nep = kc.NEPENTHECallback(
+            x, interval=1, monitor="probe", recalibrate=False, verbose=0
+        )
+        after = Recorder(["d0", "d1", "d2"])
+        history = fit(model, (x, y), [Probe(), nep, after], epochs=4)
+        fractions = [r["prune_fraction"] for r in nep.rounds]
+        assert fractions == [0.5, 0.25, 0.125]
+        assert [r["rolled_back"] for r in nep.rounds] == [True, True, True]
+        assert history.history["nepenthe_prune_fraction"] == [0.5, 0.25, 0.125, 0.0625]
+        # Each round prunes its fraction of the restored (unpruned) kernels.
+        for epoch, fraction in enumerate(fractions):
+            masked = sum(int(after.masks[epoch][n].sum()) for n in after.names)
+            size = sum(after.masks[epoch][n].size for n in after.names)
+            assert abs(masked - fraction * size) <= 1
+        assert nep.events[-1]["action"] == "stopped"  # patience 3
+        assert kc.sparsity(model).overall == 0.0
+
+    def test_accuracy_guard_undoes_a_round_that_costs_accuracy(self):
+        # A classifier that learned its task; pruning 95% of it costs accuracy
+        # on the validation sample, and the round is undone.
+        keras.utils.set_random_seed(0)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((512, 6)).astype("float32")
+        y = (x @ rng.standard_normal(6) > 0).astype("int32")
+        inputs = keras.Input((6,))
+        h = kc.CollapsiblePReLU(name="a")(layers.Dense(16, name="d")(inputs))
+        model = keras.Model(inputs, layers.Dense(2, name="head")(h))
+        model.compile(
+            keras.optimizers.Adam(1e-2),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=30, batch_size=64, verbose=0)
+        trained = model.get_weights()
+        model.compile(keras.optimizers.SGD(0.0), model.loss, metrics=["accuracy"])
+        nep = kc.NEPENTHECallback(
+            x,
+            validation_data=(x, y),
+            prune_fraction=0.95,
+            interval=1,
+            patience=1,
+            verbose=0,
+        )
+        fit(model, (x, y), [nep], epochs=3)
+        assert nep.monitored == "accuracy"
+        assert [e["action"] for e in nep.events] == ["pruned", "rolled back", "stopped"]
+        rolled = nep.events[1]
+        assert rolled["value"] < rolled["best"] - 0.02
+        for restored, original in zip(model.get_weights(), trained):
+            np.testing.assert_array_equal(restored, original)
+        assert kc.sparsity(model).overall == 0.0
+
+
 class TestRecords(TestCase):
     def test_history_table_plot_and_verbose(self, capsys):
         model = entropy_model()
