@@ -16,7 +16,8 @@ base model, then fine-tune copies of it for the same number of epochs
 - with `TLCCallback(ranking="random")` (random layer, data-free schedule and
   guard: the baseline a ranking must beat),
 then `surgery`. Reported per run: activations linearized out of total,
-rollbacks, kernel sparsity (NEPENTHE's masks), test accuracy (of the fine-tuned model and of its surgery result,
+rollbacks, kernel sparsity (NEPENTHE's masks), test accuracy (of the
+fine-tuned model and of its surgery result,
 which must agree), test accuracy after `recalibrate_batchnorm` on the
 training sample, real depth / params / MACs after surgery, latency of the
 result vs the BN-folded base model (batch 1 and 64, measured side by side in

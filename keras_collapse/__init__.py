@@ -10,6 +10,7 @@ from keras_collapse.collapsible import lock_near_linear
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.convert import make_collapsible
 from keras_collapse.cost_model import MacCostModel
+from keras_collapse.graph.unroll import register_unroller
 from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
@@ -41,8 +42,8 @@ __all__ = [
     "CollapsibleActivation",
     "CollapsiblePReLU",
     "EASIERCallback",
-    "LinearizationCallback",
     "LinearityRegularizer",
+    "LinearizationCallback",
     "MacCostModel",
     "NEPENTHECallback",
     "SurgeryReport",
@@ -55,8 +56,8 @@ __all__ = [
     "analyze_batchnorm",
     "collapsible_layers",
     "hold_at_zero",
-    "lock_linear",
     "linearize",
+    "lock_linear",
     "lock_near_linear",
     "make_collapsible",
     "measure_latency",
@@ -65,6 +66,7 @@ __all__ = [
     "prune_by_count",
     "prune_by_fraction",
     "recalibrate_batchnorm",
+    "register_unroller",
     "sparsity",
     "surgery",
     "sync_training_state",

@@ -8,6 +8,7 @@ Conv/Dense) by `CollapsibleActivation` / `CollapsiblePReLU` layers at
 
 import collections
 import inspect
+import math
 import typing
 import warnings
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from keras_collapse.graph import Graph
 from keras_collapse.graph import Ref
+from keras_collapse.graph import keras_internals
+from keras_collapse.graph.ir import unrolled_prefix
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.layers.collapsible_activation import resolve_activation
@@ -139,7 +142,7 @@ def activation_spec(node):
     if kind is keras.layers.PReLU:
         return ActivationSpec("relu", {}, np.asarray(layer.get_weights()[0]))
     if kind is keras.layers.Activation or is_fused_activation(layer):
-        return _spec(kinds.activation_name(layer.activation), {})
+        return _spec(*kinds.activation_spec(layer.activation))
     if isinstance(layer, keras.layers.Layer):
         return None
     name = kinds.OP_ACTIVATIONS.get(type(layer).__name__)
@@ -196,6 +199,7 @@ def make_collapsible(
     predicate=None,
     alpha_regularizer=None,
     shared_axes="all",
+    fraction=None,
 ):
     """Returns a new model whose chosen activations are collapsible.
 
@@ -248,13 +252,19 @@ def make_collapsible(
         shared_axes: `shared_axes` of the new layers (see
             `CollapsibleActivation`). A replaced `PReLU` keeps its own
             `shared_axes` and its `alpha`. Defaults to `"all"`.
+        fraction: None, or a float in (0, 1]: of the activations chosen,
+            convert only the deepest `ceil(fraction * n)` (the last in the
+            graph's order, nearest the outputs). LayerCollapse collapses
+            the deepest MLPs of a transformer first. Defaults to `None`
+            (all).
 
     Returns:
         A new `keras.Model`.
 
     Raises:
         ValueError: if `model` is not a Functional or built Sequential model,
-            if `activations` names an unknown or non-elementwise kind, if
+            if `fraction` is not in (0, 1], if `activations` names an
+            unknown or non-elementwise kind, if
             `layer_names` names a layer that does not exist or is not a
             collapsible activation, or if `predicate` is not callable.
 
@@ -267,7 +277,18 @@ def make_collapsible(
     >>> [layer.name for layer in new.layers][1:]  # fc1 split in two
     ['fc1', 'fc1_relu', 'out']
     """
+    if fraction is not None and (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float, np.integer, np.floating))
+        or not 0 < fraction <= 1
+    ):
+        raise ValueError(
+            "`fraction` must be None or a number in (0, 1], the share of the "
+            f"chosen activations to convert, deepest first. Received: "
+            f"fraction={fraction!r}"
+        )
     graph = Graph.from_model(model)
+    _warn_opaque(graph)
     wanted_kinds = _resolve_kinds(activations)
     wanted_names = _as_names(layer_names)
     if predicate is not None and not callable(predicate):
@@ -285,6 +306,8 @@ def make_collapsible(
     else:
         chosen = [item for item in found if _matches(*item, *selectors)]
     chosen = _whole_layers(graph, _collapsible_only(chosen))
+    if fraction is not None:
+        chosen = _deepest(graph, chosen, fraction)
     _convert(graph, chosen, alpha_regularizer, shared_axes)
     return graph.to_model()
 
@@ -330,14 +353,16 @@ def _as_names(names, what="layer_names"):
 
 
 def _check_names(graph, found, names):
-    existing = {_name(node.layer) for node in graph.layer_nodes()}
+    existing = {name for node in graph.layer_nodes() for name in _names(node)}
     missing = sorted(names - existing)
     if missing:
         raise ValueError(
             f"`layer_names` must name layers of model '{graph.name}' (nested "
             f"models included). Received names that do not exist: {missing}"
         )
-    collapsible = {_name(node.layer) for node, spec in found if _is_collapsible(spec)}
+    collapsible = {
+        name for node, spec in found if _is_collapsible(spec) for name in _names(node)
+    }
     not_activations = sorted(names - collapsible)
     if not_activations:
         raise ValueError(
@@ -351,7 +376,7 @@ def _check_names(graph, found, names):
 def _matches(node, spec, kinds_, names, predicate):
     return (
         (kinds_ is None or spec.kind in kinds_)
-        and (names is None or _name(node.layer) in names)
+        and (names is None or not names.isdisjoint(_names(node)))
         and (predicate is None or bool(predicate(node.layer)))
     )
 
@@ -406,6 +431,53 @@ def _whole_layers(graph, chosen):
     return [(n, s) for n, s in chosen if picked[id(n.layer)] == calls[id(n.layer)]]
 
 
+def _holds_activation(layer):
+    if type(layer) in FUSED_TYPES:
+        return is_fused_activation(layer)
+    if isinstance(layer, keras.layers.Activation):
+        return kinds.activation_name(layer.activation) != "linear"
+    return isinstance(
+        layer,
+        (
+            keras.layers.ReLU,
+            keras.layers.LeakyReLU,
+            keras.layers.ELU,
+            keras.layers.PReLU,
+        ),
+    )
+
+
+def _deepest(graph, chosen, fraction):
+    """The deepest `ceil(fraction * n)` of the chosen layers, by the last
+    place each is called in the graph's order; a layer's calls go together."""
+    order = {node.id: i for i, node in enumerate(graph.topological())}
+    last = {}
+    for node, _ in chosen:
+        last[id(node.layer)] = max(last.get(id(node.layer), -1), order[node.id])
+    ranked = sorted(last, key=last.get, reverse=True)
+    kept = set(ranked[: math.ceil(fraction * len(ranked) - 1e-9)])
+    return [(n, s) for n, s in chosen if id(n.layer) in kept]
+
+
+def _warn_opaque(graph):
+    """Warns about composite layers kept whole that hold activations."""
+    names = {o.name for o in graph.opaque}
+    hiding = {
+        node.layer.name
+        for node in graph.layer_nodes()
+        if getattr(node.layer, "name", None) in names
+        and any(_holds_activation(s) for s in keras_internals.sublayers(node.layer)[1:])
+    }
+    opaque = [o for o in graph.opaque if o.name in hiding]
+    if opaque:
+        listed = "; ".join(str(o) for o in opaque)
+        warnings.warn(
+            f"Kept {len(opaque)} composite layer(s) whole, their "
+            f"activations not converted: {listed}.",
+            stacklevel=3,
+        )
+
+
 # ---------------------------------------------------------------- converting
 def _convert(graph, chosen, alpha_regularizer, shared_axes):
     names = _NameBook(graph, [n for n, _ in chosen if not is_fused_activation(n.layer)])
@@ -414,7 +486,11 @@ def _convert(graph, chosen, alpha_regularizer, shared_axes):
         source = node.layer
         fused = is_fused_activation(source)
         if id(source) not in replacements:
-            name = names.take(f"{source.name}_{spec.kind}" if fused else _name(source))
+            base = f"{source.name}_{spec.kind}" if fused else _name(source)
+            prefix = unrolled_prefix(node.scope)
+            if prefix and not base.startswith(prefix + "_"):
+                base = f"{prefix}_{base}"  # as to_model names the sublayers
+            name = names.take(base)
             replacements[id(source)] = _collapsible_layer(
                 source, spec, name, alpha_regularizer, shared_axes
             )
@@ -483,6 +559,14 @@ class _NameBook:
             candidate = f"{name}_{i}"
         self.used.add(candidate)
         return candidate
+
+
+def _names(node):
+    """The names `layer_names` may give a node's layer: its own and, inside
+    an unrolled composite layer, the prefixed one the new model gives it."""
+    own = _name(node.layer)
+    prefix = unrolled_prefix(node.scope)
+    return {own, f"{prefix}_{own}"} if prefix else {own}
 
 
 def _name(layer):

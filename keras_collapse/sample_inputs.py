@@ -102,7 +102,8 @@ def read_sample_inputs(model, sample_inputs, max_samples=256):
 
 def input_shapes(model, input_shape, id_inputs=()):
     """Per input, its shape without the batch axis, unknown sizes filled from
-    `input_shape` or the nominal sizes."""
+    `input_shape` or the nominal sizes (`NOMINAL_SEQUENCE` for every input of
+    a model that takes token ids, else `NOMINAL_SIZE`)."""
     declared = [tuple(t.shape[1:]) for t in model.inputs]
     if input_shape is None:
         given = [None] * len(declared)
@@ -118,13 +119,15 @@ def input_shapes(model, input_shape, id_inputs=()):
             f"{declared}. Received: input_shape={input_shape}"
         )
     shapes = []
-    for i, (want, have) in enumerate(zip(declared, given)):
+    for want, have in zip(declared, given):
         if have is not None and len(have) != len(want):
             raise ValueError(
                 f"Expected an input shape of rank {len(want)} like {want} "
                 f"(without the batch axis). Received: {have}"
             )
-        nominal = NOMINAL_SEQUENCE if i in id_inputs else NOMINAL_SIZE
+        # With token ids, every unknown axis is the sequence: a padding or
+        # attention mask must agree with the ids' length.
+        nominal = NOMINAL_SEQUENCE if id_inputs else NOMINAL_SIZE
         shape = tuple(
             (h if h is not None else nominal) if w is None else w
             for w, h in zip(want, have or want)

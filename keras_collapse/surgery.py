@@ -124,6 +124,13 @@ def surgery(
                 [node.layer.name],
                 "weights hold NaN or inf: left as they are, not folded or merged",
             )
+    for opaque in graph.opaque:
+        journal.skip(
+            "opaque",
+            [opaque.name],
+            f"{opaque.class_name} kept whole: {opaque.reason}; teach it with "
+            "keras_collapse.register_unroller",
+        )
     remove_identities(graph, journal)
     fold_batchnorms(graph, journal)
     if cut_dead_channels:

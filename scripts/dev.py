@@ -32,6 +32,10 @@ TORCH_SPEC = "torch==2.13.0"
 # tensorflow-text, which drags in a second, full TensorFlow: install it alone
 # and give it what it imports (regex and tokenizers come with the `test` extra).
 KERAS_HUB_SPEC = "keras-hub==0.32.0"
+# keras-cv's last release depends on keras-core and kagglehub it never needs
+# here; install it alone, with what its import reads.
+KERAS_CV_SPEC = "keras-cv==0.9.0"
+KERAS_CV_IMPORTS = ["dm-tree", "tensorflow-datasets"]
 FASHION_MNIST_DEB = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -58,6 +62,8 @@ def setup():
     run(pip + [TORCH_SPEC])
     run(pip + ["-e", f"{ROOT}[tensorflow,jax,torch,test,examples,export]"])
     run(pip + ["--no-deps", KERAS_HUB_SPEC])
+    run(pip + ["--no-deps", KERAS_CV_SPEC])
+    run(pip + KERAS_CV_IMPORTS)
     STAMP.write_text(wanted)
 
 
@@ -166,8 +172,14 @@ def main():
         default=os.environ.get("KERAS_BACKEND", "jax"),
         help="for `demo` and `run`. Default: $KERAS_BACKEND or jax",
     )
-    args, rest = parser.parse_known_args()
-    rest = [a for a in rest if a != "--"]
+    argv, passthrough = sys.argv[1:], []
+    if argv and argv[0] == "run":
+        # Everything after the script is the script's own (`--backends` too).
+        script = next((i for i, a in enumerate(argv) if a.endswith(".py")), None)
+        if script is not None:
+            argv, passthrough = argv[: script + 1], argv[script + 1 :]
+    args, rest = parser.parse_known_args(argv)
+    rest = [a for a in rest if a != "--"] + passthrough
     if args.job == "setup":
         setup()
         return 0

@@ -49,13 +49,17 @@ class Snippet:
     line: int  # of the opening fence, 1-based
     code: str
     outputs: list = dataclasses.field(default_factory=list)  # expected prints
+    source: str = "README.md"
 
     @property
     def id(self):
         slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
         if len(slug) > 40:  # cut at a word
             slug = slug[:41].rsplit("-", 1)[0]
-        return f"{slug}-{self.index}"
+        page = (
+            "" if self.source == "README.md" else f"{pathlib.Path(self.source).stem}-"
+        )
+        return f"{page}{slug}-{self.index}"
 
 
 def fenced_blocks(text):
@@ -104,12 +108,15 @@ def snippets(path=README):
         if marker.startswith("<!--"):
             raise AssertionError(f"{path.name}:{line}: unknown marker {marker!r}")
         counts[heading] = counts.get(heading, 0) + 1
-        last = Snippet(heading, counts[heading], line, body)
+        last = Snippet(heading, counts[heading], line, body, source=path.name)
         found.append(last)
     return found
 
 
-SNIPPETS = snippets()
+# docs/ pages whose examples run as well (the others show code for tools
+# the suite does not drive, e.g. exporters).
+DOCS = [ROOT / "docs" / "composite_layers.md"]
+SNIPPETS = snippets() + [s for page in DOCS for s in snippets(page)]
 
 
 def prints(expected, stdout):
@@ -161,14 +168,16 @@ def test_snippet_runs_as_shown(snippet, tmp_path):
     for module in optional_modules(snippet.code):
         require(module, f"the README snippet {snippet.id}")
     proc = run_snippet(snippet, tmp_path)
-    where = f"README.md:{snippet.line} ({snippet.heading!r}, block {snippet.index})"
+    where = (
+        f"{snippet.source}:{snippet.line} ({snippet.heading!r}, block {snippet.index})"
+    )
     assert proc.returncode == 0, (
         f"{where} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     )
     for expected in snippet.outputs:
         assert prints(expected, proc.stdout), (
-            f"{where} did not print what README.md shows after it.\n"
-            f"--- README.md shows:\n{expected}--- it printed:\n{proc.stdout}"
+            f"{where} did not print what {snippet.source} shows after it.\n"
+            f"--- {snippet.source} shows:\n{expected}--- it printed:\n{proc.stdout}"
         )
 
 
@@ -202,9 +211,9 @@ def test_snippets_reads_markers(tmp_path):
     )
     found = snippets(page)
     assert [(s.id, s.code, s.outputs) for s in found] == [
-        ("title-1", "print(1)\n", ["1\n"]),
-        ("part-two-1", "print(2)\n", []),
-        ("part-two-2", "print(3)\n", []),
+        ("page-title-1", "print(1)\n", ["1\n"]),
+        ("page-part-two-1", "print(2)\n", []),
+        ("page-part-two-2", "print(3)\n", []),
     ]
 
 

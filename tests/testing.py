@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import pickle
 import subprocess
 import sys
 
@@ -41,21 +42,32 @@ class TestCase:
         model.save(path)
         return keras.saving.load_model(path)
 
-    def assert_loads_without_keras_collapse(self, tmp_path, cases, atol=1e-5):
+    def assert_loads_without_keras_collapse(
+        self, tmp_path, cases, atol=1e-5, imports=()
+    ):
         """Saves each `(model, x, expected)` and loads them all in one fresh
         process that must compute `expected` on `x` and never import
-        keras_collapse."""
-        lines = ["import sys, numpy as np, keras"]
+        keras_collapse. `x` and `expected` may be arrays, lists or dicts;
+        `imports` are modules the fresh process imports first (`keras_hub`,
+        whose layers a keras-hub result holds)."""
+        lines = ["import pickle, sys, numpy as np, keras"]
+        lines += [f"import {module}" for module in imports]
+        lines += [
+            "def flat(v):",
+            "    v = [v[k] for k in sorted(v)] if isinstance(v, dict) else v",
+            "    return [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(v)]",
+        ]
         for i, (model, x, expected) in enumerate(cases):
             path = os.path.join(str(tmp_path), f"case{i}.keras")
             model.save(path)
-            np.save(os.path.join(str(tmp_path), f"case{i}_x.npy"), x)
-            np.save(os.path.join(str(tmp_path), f"case{i}_y.npy"), expected)
+            with open(os.path.join(str(tmp_path), f"case{i}.pkl"), "wb") as f:
+                pickle.dump((x, [np.asarray(e) for e in _flat(expected)]), f)
             lines += [
                 f"m = keras.saving.load_model({path!r})",
-                f"x, y = np.load('case{i}_x.npy'), np.load('case{i}_y.npy')",
-                "out = keras.ops.convert_to_numpy(m(x))",
-                f"np.testing.assert_allclose(out, y, atol={atol!r}, rtol={atol!r})",
+                f"x, y = pickle.load(open('case{i}.pkl', 'rb'))",
+                "for out, want in zip(flat(m(x)), y, strict=True):",
+                f"    np.testing.assert_allclose(out, want, atol={atol!r}, "
+                f"rtol={atol!r})",
             ]
         lines += [
             "assert 'keras_collapse' not in sys.modules, 'keras_collapse imported'",
@@ -69,6 +81,11 @@ class TestCase:
             cwd=str(tmp_path),
         )
         assert result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def _flat(value):
+    value = [value[k] for k in sorted(value)] if isinstance(value, dict) else value
+    return [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(value)]
 
 
 def require(module_name, reason=None):

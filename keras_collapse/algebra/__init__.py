@@ -12,17 +12,20 @@ from keras_collapse.algebra.compose import compose_depthwise_pointwise
 from keras_collapse.algebra.compose import compose_pointwise_depthwise
 from keras_collapse.algebra.compose import pad_kernel_to
 from keras_collapse.algebra.compose import same_padding_bias_map
+from keras_collapse.algebra.cost import attention_macs
 from keras_collapse.algebra.cost import conv_macs
 from keras_collapse.algebra.cost import conv_output_shape
 from keras_collapse.algebra.cost import conv_params
 from keras_collapse.algebra.cost import dense_macs
 from keras_collapse.algebra.cost import dense_params
+from keras_collapse.algebra.cost import einsum_macs
 from keras_collapse.algebra.fold import batchnorm_affine
 from keras_collapse.algebra.fold import fold_affine_after
 from keras_collapse.algebra.fold import fold_affine_before
 
 __all__ = [
     "add_identity_shortcut",
+    "attention_macs",
     "add_pointwise_shortcut",
     "batchnorm_affine",
     "compose_conv",
@@ -34,6 +37,7 @@ __all__ = [
     "conv_params",
     "dense_macs",
     "dense_params",
+    "einsum_macs",
     "fold_affine_after",
     "fold_affine_before",
     "pad_kernel_to",

@@ -156,3 +156,59 @@ def dense_params(kernel_shape, use_bias=True):
     """
     kernel_shape = _ints(kernel_shape, "kernel_shape", "dense_params", 2)
     return math.prod(kernel_shape) + (kernel_shape[1] if use_bias else 0)
+
+
+def einsum_macs(equation, kernel_shape, output_shape):
+    """Multiply-accumulates per sample of an `EinsumDense` (one input, one
+    kernel): every output entry sums over the kernel's contracted axes.
+
+    Args:
+        equation: str, e.g. "abc,cd->abd" (the first operand is the input).
+        kernel_shape: the kernel's shape.
+        output_shape: the output's shape without the batch axis.
+
+    Example:
+
+    >>> einsum_macs("abc,cd->abd", (16, 32), (10, 32))  # 10 tokens
+    5120
+    """
+    operands, output = equation.replace(" ", "").split("->")
+    _, kernel = operands.split(",")
+    if "." in equation or len(kernel) != len(kernel_shape):
+        raise ValueError(
+            f"Expected an einsum equation without ellipsis whose kernel term "
+            f"matches kernel_shape {tuple(kernel_shape)}. Received: {equation!r}"
+        )
+    contracted = [int(d) for axis, d in zip(kernel, kernel_shape) if axis not in output]
+    return int(math.prod(output_shape) * math.prod(contracted))
+
+
+def attention_macs(
+    query_shape, value_shape, key_shape, num_heads, key_dim, value_dim, output_dim
+):
+    """Multiply-accumulates per sample of a `MultiHeadAttention` call: the
+    query, key, value and output projections and the two attention products
+    (scores Q K^T, and scores times V).
+
+    Args:
+        query_shape, value_shape, key_shape: shapes without the batch axis,
+            `(tokens..., features)`.
+        num_heads, key_dim, value_dim: the layer's sizes.
+        output_dim: the output projection's features.
+
+    Example:
+
+    >>> attention_macs((10, 16), (10, 16), (10, 16), 2, 8, 8, 16)
+    13440
+    """
+    tq, dq = math.prod(query_shape[:-1]), query_shape[-1]
+    tv, dv = math.prod(value_shape[:-1]), value_shape[-1]
+    tk, dk = math.prod(key_shape[:-1]), key_shape[-1]
+    projections = (
+        tq * dq * num_heads * key_dim
+        + tk * dk * num_heads * key_dim
+        + tv * dv * num_heads * value_dim
+        + tq * num_heads * value_dim * output_dim
+    )
+    products = num_heads * tq * tk * key_dim + num_heads * tq * tv * value_dim
+    return int(projections + products)

@@ -1,7 +1,8 @@
 """A flat, editable graph of a Keras model, and its rebuilding into a model.
 
 `Graph.from_model` reads a Functional or Sequential model, inlining nested
-models, into nodes that hold a layer (or a raw Keras operation) and call
+models and unrolling composite layers (`unroll`), into nodes that hold a
+layer (or a raw Keras operation) and call
 arguments whose tensors are `Ref`s to other nodes' outputs. Passes edit the
 graph: replace a node's layer, rewire uses, drop nodes. `Graph.to_model`
 builds a new, independent Keras model: every layer of the input model is
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_collapse.graph import keras_internals
+from keras_collapse.graph import unroll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,9 @@ class Node:
     dtypes: list = dataclasses.field(default_factory=list)
     weights: list | None = None
     input_config: dict | None = None  # for graph inputs only
-    scope: tuple = ()  # names of the nested models the layer came from
+    # Names of the nested models and unrolled composite layers (`Unrolled`)
+    # the layer came from, outermost first.
+    scope: tuple = ()
     output_name: str | None = None  # set by `to_model` for a model output
 
     @property
@@ -67,6 +71,23 @@ class Node:
         return f"Node({self.id}, {name})"
 
 
+class Unrolled(str):
+    """The name of an unrolled composite layer, in a node's scope."""
+
+
+def unrolled_prefix(scope):
+    """The name of the innermost unrolled composite layer in `scope`, or
+    None."""
+    for name in reversed(scope):
+        if isinstance(name, Unrolled):
+            return str(name)
+    return None
+
+
+def _is_tensor(x):
+    return isinstance(x, keras.KerasTensor)
+
+
 def _is_ref(x):
     return isinstance(x, Ref)
 
@@ -86,13 +107,18 @@ class Graph:
         # dtypes of its flat outputs (`compile(loss={name: ...})` uses names).
         self.output_names = None
         self.output_dtypes = None
+        self._unroll = True
+        # Composite layers kept whole (`unroll.Opaque`), for reports.
+        self.opaque = []
 
     # ----------------------------------------------------------------- reading
     @classmethod
-    def from_model(cls, model):
-        """Reads `model` (nested models inlined) without modifying it."""
+    def from_model(cls, model, unroll=True):
+        """Reads `model` (nested models inlined, composite layers unrolled
+        unless `unroll=False`) without modifying its weights."""
         functional = keras_internals.functional_of(model)
         graph = cls(name=model.name)
+        graph._unroll = unroll
         input_tensors = keras.tree.flatten(keras_internals.input_structure(functional))
         refs = []
         for tensor in input_tensors:
@@ -133,13 +159,29 @@ class Graph:
             return x
 
         for operation, args, kwargs, outputs in keras_internals.graph_nodes(functional):
+            original = (args, kwargs) if self._unroll else None
             args = keras.tree.map_structure(to_ref, args)
             kwargs = keras.tree.map_structure(to_ref, kwargs)
+            unrolled = unroll.trace(operation, *original) if original else None
+            if unrolled is not None and unrolled.opaque is not None:
+                self.opaque.append(unrolled.opaque)
             if isinstance(operation, keras.Model):
                 nested = keras_internals.functional_of(operation)
                 flat_in = [x for x in keras.tree.flatten((args, kwargs)) if _is_ref(x)]
                 produced = keras.tree.flatten(
                     self._inline(nested, flat_in, scope + (operation.name,))
+                )
+            elif unrolled is not None and unrolled.functional is not None:
+                # The subgraph's inputs: the call's distinct tensors, in order.
+                flat = keras.tree.flatten(original)
+                firsts = dict.fromkeys(id(x) for x in flat if _is_tensor(x))
+                flat_in = [refs_by_tensor[i] for i in firsts]
+                produced = keras.tree.flatten(
+                    self._inline(
+                        unrolled.functional,
+                        flat_in,
+                        scope + (Unrolled(operation.name),),
+                    )
                 )
             else:
                 self._original_layer_ids.add(id(operation))
@@ -408,6 +450,11 @@ class _Names:
             )
 
         candidates = [name] + [f"{s}_{name}" for s in reversed(scope)]
+        prefix = unrolled_prefix(scope)
+        if prefix and not name.startswith(prefix + "_"):
+            # A sublayer of an unrolled composite layer is named after it
+            # ("transformer_layer_0_feedforward_output_dense"), in every block.
+            candidates.insert(0, f"{prefix}_{name}")
         for candidate in candidates:
             if free(candidate):
                 break
@@ -437,7 +484,22 @@ def _clone_layer(layer, name, dtype=None):
         config = {**layer.get_config(), "name": name}
         if dtype is not None and "float" in str(layer.compute_dtype):
             config["dtype"] = dtype
-        return layer.__class__.from_config(config)
+        try:
+            return layer.__class__.from_config(config)
+        except (TypeError, ValueError):
+            # Some layers report derived values their __init__ refuses
+            # (keras-hub's ViTPatchingAndEmbedding: num_patches).
+            # Or an __init__ that takes none of Layer's (keras-cv's
+            # HardSigmoidActivation: no name).
+            accepted = _init_arguments(layer.__class__)
+            if set(config) <= accepted:
+                raise
+            clone = layer.__class__.from_config(
+                {k: v for k, v in config.items() if k in accepted}
+            )
+            if clone.name != name:
+                clone.name = name
+            return clone
     except Exception as e:  # a custom layer without a complete get_config
         raise ValueError(
             f"Layer '{layer.name}' ({type(layer).__name__}) cannot be re-created "
@@ -446,3 +508,32 @@ def _clone_layer(layer, name, dtype=None):
             "Give the layer a `get_config()` that returns every argument of its "
             "`__init__` (see keras.layers.Layer.get_config)."
         ) from None
+
+
+# What keras.layers.Layer.__init__ accepts besides a subclass's own arguments.
+_LAYER_ARGUMENTS = {"name", "trainable", "dtype", "autocast", "activity_regularizer"}
+
+
+def _init_arguments(cls):
+    """The keyword arguments `cls(**config)` can take: each `__init__`'s own,
+    up the classes its `**kwargs` reach (keras.layers.Layer's own among
+    them), or only its own where an `__init__` takes no `**kwargs`."""
+    import inspect
+
+    names = set()
+    for klass in cls.__mro__:
+        if not issubclass(klass, keras.layers.Layer):
+            break
+        if klass is keras.layers.Layer:
+            return names | _LAYER_ARGUMENTS
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names - {"self"}
+    return names

@@ -5,6 +5,7 @@ so only the stock layers are taken apart; anything else passes through.
 """
 
 import keras
+import numpy as np
 
 from keras_collapse.layers import CollapsibleActivation
 
@@ -91,6 +92,47 @@ def activation_name(fn):
     but is ~1000x slower.
     """
     return getattr(fn, "__name__", None) or keras.activations.serialize(fn)
+
+
+# Activations other libraries define as a Keras activation with fixed
+# arguments, with the names they register them under: keras-hub's BERT, ViT
+# and GPT-2 MLPs use `gelu_approximate`.
+ALIASES = {
+    "gelu_approximate": ("gelu", {"approximate": True}, ("keras_hub>gelu_approximate",))
+}
+_CONFIRMED = {}  # id(fn) -> (fn, (name, kwargs) or None)
+
+
+def registered_alias(name, kwargs):
+    """A registered function that computes activation `name(**kwargs)` (the
+    plain form of an alias: `Activation(fn)` loads wherever its library is
+    imported), or None."""
+    for target, fixed, registered in ALIASES.values():
+        if target != name or fixed != kwargs:
+            continue
+        for key in registered:
+            fn = keras.saving.get_registered_object(key)
+            if fn is not None and activation_spec(fn) == (name, kwargs):
+                return fn
+    return None
+
+
+def activation_spec(fn):
+    """`(name, kwargs)` of an activation function: its own name and no
+    arguments, or the Keras activation an alias computes (checked on a grid
+    of values, once per function)."""
+    name = activation_name(fn)
+    if not isinstance(name, str) or name not in ALIASES:
+        return name, {}
+    cached = _CONFIRMED.get(id(fn))
+    if cached is None or cached[0] is not fn:
+        target, kwargs, _ = ALIASES[name]
+        x = np.linspace(-8.0, 8.0, 161, dtype="float32")
+        got = keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(x)))
+        want = keras.ops.convert_to_numpy(keras.activations.get(target)(x, **kwargs))
+        same = np.allclose(got, want, rtol=1e-5, atol=1e-6)
+        cached = _CONFIRMED[id(fn)] = (fn, (target, dict(kwargs)) if same else None)
+    return cached[1] or (name, {})
 
 
 def is_identity_at_inference(node):

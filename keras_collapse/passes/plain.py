@@ -87,7 +87,8 @@ def _plain_activation(name, kwargs):
         return keras.layers.LeakyReLU(**{"negative_slope": 0.2, **kwargs})
     if not kwargs:
         return keras.layers.Activation(name)
-    return None
+    alias = kinds.registered_alias(name, kwargs)
+    return None if alias is None else keras.layers.Activation(alias)
 
 
 def _prelu(layer, alpha, rank):

@@ -38,8 +38,10 @@ import numbers
 
 import keras
 
+from keras_collapse.algebra import attention_macs
 from keras_collapse.algebra import conv_macs
 from keras_collapse.algebra import dense_macs
+from keras_collapse.algebra import einsum_macs
 from keras_collapse.graph.ir import Graph
 from keras_collapse.graph.ir import Ref
 from keras_collapse.passes import kinds
@@ -210,12 +212,43 @@ def _node_macs(node, shapes, notes):
         # From the shapes, not the kernel, which int4 quantization packs.
         features = shapes[node.input_refs[0]][-1]
         return dense_macs((features, layer.units), math.prod(positions))
+    if isinstance(layer, keras.layers.EinsumDense):
+        out = shapes[Ref(node.id)][1:]
+        return einsum_macs(
+            layer.equation, layer.kernel.shape, _known(out, layer, notes)
+        )
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return _attention_macs(node, shapes, notes)
     if _has_kernel(layer):
         notes.append(
             f"MACs of layer '{layer.name}' ({type(layer).__name__}) are not "
             "counted: no rule for this layer type."
         )
     return 0
+
+
+def _attention_macs(node, shapes, notes):
+    layer = node.layer
+    named = dict(zip(("query", "value", "key"), node.args))
+    named.update(
+        {k: v for k, v in node.kwargs.items() if k in ("query", "value", "key")}
+    )
+    named.setdefault("key", named.get("value"))
+
+    def shape(name):
+        return _known(shapes[named[name]][1:], layer, notes)
+
+    query = shape("query")
+    output = _known(shapes[Ref(node.id)][1:], layer, notes)
+    return attention_macs(
+        query,
+        shape("value"),
+        shape("key"),
+        layer.num_heads,
+        layer.key_dim,
+        layer.value_dim or layer.key_dim,
+        output[-1],
+    )
 
 
 def _spatial(layer, shape, notes):

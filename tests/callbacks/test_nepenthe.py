@@ -250,7 +250,6 @@ class TestGuard(TestCase):
             np.testing.assert_array_equal(restored, snapshot)
         assert "rolled back" in nep.table()
 
-
     def test_rolled_back_rounds_halve_the_next_fraction(self):
         class Probe(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
