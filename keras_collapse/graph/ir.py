@@ -76,12 +76,11 @@ class Unrolled(str):
 
 
 def unrolled_prefix(scope):
-    """The name of the innermost unrolled composite layer in `scope`, or
-    None."""
-    for name in reversed(scope):
-        if isinstance(name, Unrolled):
-            return str(name)
-    return None
+    """The names of the unrolled composite layers in `scope`, outermost
+    first, joined by "_" ("encoder_block_0_mlp"), or None: sublayers of
+    nested composite layers keep one pattern in every block."""
+    names = [str(name) for name in scope if isinstance(name, Unrolled)]
+    return "_".join(names) or None
 
 
 def _is_tensor(x):

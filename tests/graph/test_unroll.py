@@ -149,6 +149,38 @@ class TestTracing(TestCase):
         loaded = self.save_and_load(new, tmp_path)
         self.assert_close(loaded(x), model(x), atol=1e-6)
 
+    def test_nested_composites_are_named_by_their_whole_scope(self):
+        class Block(layers.Layer):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.mlp = MLPBlock(6, 12, name="mlp")
+
+            def call(self, x):
+                return self.mlp(x)
+
+        class Encoder(layers.Layer):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.blocks = [Block(name=f"block_{i}") for i in range(3)]
+
+            def call(self, x):
+                for block in self.blocks:
+                    x = block(x)
+                return x
+
+        inputs = keras.Input((5, 6))
+        model = keras.Model(inputs, Encoder(name="encoder")(inputs))
+        new = kc.make_collapsible(model)
+        assert [layer.name for layer in kc.collapsible_layers(new)] == [
+            f"encoder_block_{i}_mlp_fc1_gelu" for i in range(3)
+        ]
+        names = [layer.name for layer in new.layers]
+        assert [f"encoder_block_{i}_mlp_fc2" for i in range(3)] == [
+            n for n in names if n.endswith("_fc2")
+        ]
+        x = self.random_inputs((2, 5, 6))
+        self.assert_close(new(x), model(x), atol=1e-6)
+
     def test_deepest_fraction(self):
         keras.utils.set_random_seed(0)
         inputs = keras.Input((5, 6))
