@@ -129,12 +129,12 @@ def run_all_backends(script, backends, title, combine, out=None):
         int, 0 if every backend ran, else 1.
     """
     forwarded = drop_option(drop_option(sys.argv[1:], "--backends"), "--out")
-    began = time.perf_counter()
+    began, machine = time.perf_counter(), machine_line()  # the load at start
     collected = run_per_backend(script, backends, forwarded)
     summary = "\n".join(
         [
             f"# {command_line()}",
-            f"# {machine_line()}",
+            f"# {machine}",
             f"# {time.perf_counter() - began:.0f} s in all",
             "",
             title,
