@@ -147,8 +147,25 @@ class TestLoadsWithPlainKeras(TestCase):
 
 class TestUnclonableLayer(TestCase):
     def test_a_layer_its_config_cannot_rebuild_is_refused(self):
+        class Lossy(keras.layers.Layer):
+            def __init__(self, factor, **kwargs):
+                super().__init__(**kwargs)
+                self.factor = factor
+
+            def call(self, x):
+                return x * self.factor
+
+            def get_config(self):  # forgets `factor`
+                return {"name": self.name}
+
+        x = keras.Input((4,))
+        model = keras.Model(x, keras.layers.Dense(2)(Lossy(2.0)(x)))
+        with pytest.raises(ValueError, match="cannot be re-created from its config"):
+            kc.surgery(model)
+
+    def test_an_init_without_layer_arguments_is_cloned(self):
         class Scale(keras.layers.Layer):
-            def __init__(self, factor):  # no **kwargs: from_config fails
+            def __init__(self, factor):  # no **kwargs: `name` is refused
                 super().__init__()
                 self.factor = factor
 
@@ -156,6 +173,11 @@ class TestUnclonableLayer(TestCase):
                 return x * self.factor
 
         x = keras.Input((4,))
-        model = keras.Model(x, keras.layers.Dense(2)(Scale(2.0)(x)))
-        with pytest.raises(ValueError, match="cannot be re-created from its config"):
-            kc.surgery(model)
+        original = Scale(2.0)
+        model = keras.Model(x, keras.layers.Dense(2)(original(x)))
+        small = kc.surgery(model)
+        (scale,) = [layer for layer in small.layers if isinstance(layer, Scale)]
+        assert scale is not original and scale.name == original.name
+        assert scale.factor == 2.0
+        inputs = self.random_inputs((3, 4))
+        self.assert_close(small(inputs), model(inputs), atol=1e-6)

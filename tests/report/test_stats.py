@@ -321,11 +321,19 @@ class TestMacs(TestCase):
         assert stats.notes == ()
 
     def test_layer_without_a_rule_is_noted(self):
+        inputs = keras.Input((5, 3))
+        x = keras.layers.SimpleRNN(4, name="rnn")(inputs)
+        stats = model_stats(keras.Model(inputs, keras.layers.Dense(2)(x)))
+        assert stats.macs == 4 * 2
+        assert len(stats.notes) == 1 and "'rnn' (SimpleRNN)" in stats.notes[0]
+
+    def test_einsum_dense_is_counted(self):
+        # Every output entry sums over the contracted axis: 3 x 4, then 4 x 2.
         inputs = keras.Input((3,))
         x = keras.layers.EinsumDense("ab,bc->ac", 4, name="einsum")(inputs)
         stats = model_stats(keras.Model(inputs, keras.layers.Dense(2)(x)))
-        assert stats.macs == 4 * 2
-        assert len(stats.notes) == 1 and "'einsum' (EinsumDense)" in stats.notes[0]
+        assert stats.macs == 3 * 4 + 4 * 2
+        assert stats.notes == ()
 
 
 def unknown_size_cnn():
