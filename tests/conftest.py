@@ -40,3 +40,23 @@ def _fresh_keras_state():
     keras.config.set_dtype_policy("float32")
     # free_memory=False: a gc.collect() per test would cost ~0.3 s each.
     keras.backend.clear_session(free_memory=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """On torch, one compute thread while a test trains: the suite shares the
+    CPUs with other processes, and torch's two OpenMP threads waiting for
+    each other made small fits more than 10x slower (the transformer
+    tutorial's small size had not finished after 5 minutes instead of 30 s,
+    on 2 cores at load 6)."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -22,24 +22,6 @@ def large_off_torch(test):
     return pytest.mark.large(test) if keras.backend.backend() != "torch" else test
 
 
-@pytest.fixture
-def one_torch_thread():
-    """On torch, one compute thread while the benchmark trains: torch's two
-    OpenMP threads waiting for each other on busy CPUs made these fits more
-    than 10x slower (see tests/test_tutorials.py)."""
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @large_off_torch
 def test_transformer_benchmark_on_digits(tmp_path, one_torch_thread):
     require("sklearn", "the digits data")
