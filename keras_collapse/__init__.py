@@ -10,6 +10,7 @@ from keras_collapse.collapsible import lock_near_linear
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.convert import make_collapsible
 from keras_collapse.cost_model import MacCostModel
+from keras_collapse.cost_model import MeasuredCostModel
 from keras_collapse.graph.unroll import register_unroller
 from keras_collapse.layers import BiasMap
 from keras_collapse.layers import CollapsibleActivation
@@ -32,6 +33,9 @@ from keras_collapse.scores import BatchNormAnalysis
 from keras_collapse.scores import activation_statistics
 from keras_collapse.scores import analyze_batchnorm
 from keras_collapse.surgery import surgery
+from keras_collapse.units import MergeUnit
+from keras_collapse.units import MergeUnits
+from keras_collapse.units import merge_units
 from keras_collapse.verify import VerificationError
 from keras_collapse.version import __version__
 
@@ -45,6 +49,9 @@ __all__ = [
     "LinearityRegularizer",
     "LinearizationCallback",
     "MacCostModel",
+    "MeasuredCostModel",
+    "MergeUnit",
+    "MergeUnits",
     "NEPENTHECallback",
     "SurgeryReport",
     "TLCCallback",
@@ -61,6 +68,7 @@ __all__ = [
     "lock_near_linear",
     "make_collapsible",
     "measure_latency",
+    "merge_units",
     "model_stats",
     "prunable_layers",
     "prune_by_count",

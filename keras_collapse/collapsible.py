@@ -4,6 +4,8 @@ import keras
 import numpy as np
 
 from keras_collapse.layers import CollapsibleActivation
+from keras_collapse.units import check_objective
+from keras_collapse.units import merge_units
 
 
 def collapsible_layers(model):
@@ -120,7 +122,9 @@ def lock_linear(model, layers):
     return chosen
 
 
-def lock_near_linear(model, tolerance=0.05):
+def lock_near_linear(
+    model, tolerance=0.05, *, objective="activations", exact=True, cost_model=None
+):
     """Locks every collapsible activation whose alpha is within `tolerance`
     of 1 (LayerCollapse's collapse condition), snapping it to exactly 1.
 
@@ -128,10 +132,20 @@ def lock_near_linear(model, tolerance=0.05):
         model: a `keras.Model`.
         tolerance: float, the largest `|alpha - 1|` (over all of a layer's
             alphas) that counts as linear. Defaults to `0.05`.
+        objective: "activations" locks every near-linear one; "depth" /
+            "latency" only those in a merge unit of near-linear activations
+            that buys something (`keras_collapse.merge_units`): the others
+            stay free, since locking them would save nothing. Defaults to
+            `"activations"`.
+        exact: bool, the surgery's `exact`, for the merge units. Defaults to
+            `True`.
+        cost_model: the surgery's cost model, for the merge units. Defaults
+            to `None` (`MacCostModel()`).
 
     Returns:
         list of the layers that were locked (already-locked ones excluded).
     """
+    check_objective(objective)
     if (
         isinstance(tolerance, bool)
         or not isinstance(tolerance, (int, float))
@@ -147,6 +161,15 @@ def lock_near_linear(model, tolerance=0.05):
         if not layer.is_locked
         and float(np.max(np.abs(layer.alpha_numpy() - 1.0))) <= tolerance
     ]
+    if objective != "activations" and chosen:
+        units = merge_units(
+            model,
+            candidates=[layer.name for layer in chosen],
+            exact=exact,
+            cost_model=cost_model,
+        ).for_objective(objective)
+        members = {name for unit in units for name in unit.activations}
+        chosen = [layer for layer in chosen if layer.name in members]
     for layer in chosen:
         layer.lock_linear()
     return chosen

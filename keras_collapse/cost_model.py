@@ -5,7 +5,13 @@ into a 5x5 (25 C^2). The surgery merges a run of linear layers only where the
 merged layer costs no more than the layers it replaces.
 """
 
+import json
 import math
+import os
+
+import keras
+
+from keras_collapse.report.latency import measure_latency
 
 
 class MacCostModel:
@@ -65,3 +71,126 @@ class MacCostModel:
             f"MacCostModel(layer_overhead={self.layer_overhead}, "
             f"depthwise_factor={self.depthwise_factor})"
         )
+
+
+class MeasuredCostModel:
+    """Prices a layer by timing it on the current backend, once per shape.
+
+    Which merge pays depends on the backend: PyTorch eager pays a fixed cost
+    per layer, XLA:CPU runs a depthwise convolution far below a dense one of
+    the same MACs. This model builds the layer alone (`Conv2D`,
+    `DepthwiseConv2D` or `Dense` of the given kernel, "same" padding, an input
+    with `output_positions` positions), times it on the faster of
+    `model(x)` and `predict_on_batch(x)` (as `measure_latency` does), and
+    subtracts what an empty call costs. `layer_overhead` is the measured cost
+    of one more layer in a chain of cheap ones (~0 when compiled, the
+    dispatch cost in eager mode); it is added to every layer, as the surgery's
+    dry runs add it to every other layer. Costs are in microseconds and
+    cached per process (and in `cache_file`, a JSON file, when given).
+
+    `surgery(model, cost_model=MeasuredCostModel())` then merges what is
+    faster here; the first call times each new shape (a few ms each).
+
+    Args:
+        batch_size: int >= 1, the batch the layers are timed at (the batch
+            the result will serve). Defaults to 1.
+        repeats: int >= 1, timed calls per shape (median). Defaults to 15.
+        cache_file: str or None, a JSON file to read and extend. Defaults to
+            None.
+    """
+
+    _cache = {}  # per process: key -> microseconds
+
+    def __init__(self, batch_size=1, repeats=15, cache_file=None):
+        for name, value in (("batch_size", batch_size), ("repeats", repeats)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"`{name}` must be an int >= 1. Received: {name}={value!r}"
+                )
+        self.batch_size = batch_size
+        self.repeats = repeats
+        self.cache_file = cache_file
+        if cache_file is not None:
+            if os.path.exists(cache_file):
+                with open(cache_file) as f:
+                    self._cache.update({k: float(v) for k, v in json.load(f).items()})
+        self._overhead = None
+
+    def _key(self, *parts):
+        return "|".join(
+            str(p) for p in (keras.backend.backend(), self.batch_size, *parts)
+        )
+
+    @property
+    def layer_overhead(self):
+        """Microseconds one more (cheap) layer costs on this backend."""
+        if self._overhead is None:
+            key = self._key("overhead")
+            if key not in self._cache:
+                one = self._time(_chain(1))
+                nine = self._time(_chain(9))
+                self._store(key, max(nine - one, 0.0) / 8)
+            self._overhead = self._cache[key]
+        return self._overhead
+
+    def __call__(self, kind, kernel_shape, output_positions):
+        """Microseconds of one layer (see `MacCostModel.__call__`)."""
+        key = self._key(
+            kind, tuple(int(d) for d in kernel_shape), int(output_positions)
+        )
+        if key not in self._cache:
+            empty = self._time(_chain(1))
+            layer = self._time(_single_layer(kind, kernel_shape, output_positions))
+            self._store(key, max(layer - empty, 0.0))
+        return self._cache[key] + self.layer_overhead
+
+    def _store(self, key, value):
+        self._cache[key] = value
+        if self.cache_file is not None:
+            with open(self.cache_file, "w") as f:
+                json.dump(self._cache, f, indent=0, sort_keys=True)
+
+    def _time(self, model):
+        result = measure_latency(
+            {"m": model}, batch_sizes=(self.batch_size,), repeats=self.repeats
+        )
+        return 1e6 * result["models"]["m"]["seconds"][self.batch_size]
+
+    def __repr__(self):
+        return (
+            f"MeasuredCostModel(batch_size={self.batch_size}, "
+            f"repeats={self.repeats}, cache_file={self.cache_file!r})"
+        )
+
+
+def _spatial(positions, rank):
+    side = round(positions ** (1 / rank)) if rank else 1
+    if side**rank == positions:
+        return (side,) * rank
+    return (positions,) + (1,) * (rank - 1)
+
+
+def _single_layer(kind, kernel_shape, positions):
+    layers = keras.layers
+    *taps, channels, out = kernel_shape
+    rank = len(taps)
+    if kind == "dense":
+        inputs = keras.Input((channels,) if positions == 1 else (positions, channels))
+        return keras.Model(inputs, layers.Dense(out)(inputs))
+    inputs = keras.Input((*_spatial(positions, rank), channels))
+    if kind == "depthwise":
+        conv = {1: layers.DepthwiseConv1D, 2: layers.DepthwiseConv2D}[rank]
+        return keras.Model(
+            inputs, conv(tuple(taps), padding="same", depth_multiplier=out)(inputs)
+        )
+    conv = {1: layers.Conv1D, 2: layers.Conv2D, 3: layers.Conv3D}[rank]
+    return keras.Model(inputs, conv(out, tuple(taps), padding="same")(inputs))
+
+
+def _chain(length):
+    """`length` ReLUs on a small tensor: the cost of an almost empty layer."""
+    inputs = keras.Input((8,))
+    x = inputs
+    for _ in range(length):
+        x = keras.layers.ReLU()(x)
+    return keras.Model(inputs, x)

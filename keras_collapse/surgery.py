@@ -5,13 +5,9 @@ import keras
 from keras_collapse.cost_model import MacCostModel
 from keras_collapse.graph import Graph
 from keras_collapse.masks import strip_masks
-from keras_collapse.passes.batchnorm import fold_batchnorms
-from keras_collapse.passes.dead_channels import remove_dead_channels
-from keras_collapse.passes.identities import remove_identities
 from keras_collapse.passes.journal import Journal
-from keras_collapse.passes.merge import merge_runs
+from keras_collapse.passes.pipeline import simplify
 from keras_collapse.passes.plain import restore_plain_activations
-from keras_collapse.passes.residual import absorb_residuals
 from keras_collapse.passes.safe_forms import use_safe_forms
 from keras_collapse.report.stats import model_stats
 from keras_collapse.report.surgery_report import SurgeryReport
@@ -19,10 +15,6 @@ from keras_collapse.sample_inputs import random_inputs
 from keras_collapse.sample_inputs import read_sample_inputs
 from keras_collapse.verify import VerificationError
 from keras_collapse.verify import verify_equivalent
-
-# Merging can open new merges (a residual absorbed into a conv makes it part of
-# a longer run); a few rounds reach the fixed point on every model seen.
-_MAX_ROUNDS = 8
 
 
 def surgery(
@@ -131,16 +123,14 @@ def surgery(
             f"{opaque.class_name} kept whole: {opaque.reason}; teach it with "
             "keras_collapse.register_unroller",
         )
-    remove_identities(graph, journal)
-    fold_batchnorms(graph, journal)
-    if cut_dead_channels:
-        remove_dead_channels(graph, journal)
-    if merge:
-        for _ in range(_MAX_ROUNDS):
-            changed = merge_runs(graph, journal, cost_model, exact)
-            changed += absorb_residuals(graph, journal)
-            if not changed:
-                break
+    simplify(
+        graph,
+        journal,
+        cost_model=cost_model,
+        exact=exact,
+        merge=merge,
+        cut_dead_channels=cut_dead_channels,
+    )
     restore_plain_activations(graph, journal)
     use_safe_forms(graph, journal)
     result = graph.to_model(name=model.name)

@@ -122,3 +122,71 @@ def test_linearization_benchmark_on_digits(tmp_path):
 def test_unknown_run_is_refused():
     with pytest.raises(SystemExit):
         bench.main(["--dataset", "digits", "--runs", "control,nope"])
+
+
+@large_off_torch
+def test_comparison_benchmark_on_digits(tmp_path):
+    """Issue 12's table, reduced: two methods, both objectives, two nets;
+    latency timed in a child process on the current backend."""
+    require("sklearn", "the digits data")
+    require("matplotlib", "the benchmark figure")
+    from benchmarks import collapse_comparison as comparison
+
+    rows, latency = comparison.main(
+        [
+            "--dataset", "digits", "--models", "mobilenetv2,vgg",
+            "--methods", "tlc,layercollapse", "--width", "4",
+            "--train", "400", "--val", "150", "--test", "300", "--samples", "150",
+            "--base-epochs", "2", "--finetune-epochs", "2", "--repeats", "1",
+            "--latency-backends", keras.backend.backend(),
+            "--out", str(tmp_path / "cmp"),
+        ]
+    )  # fmt: skip
+    runs = {(r["model"], r["run"], r["objective"]) for r in rows}
+    for net in ("mobilenetv2", "vgg"):
+        assert (net, "base (BN folded)", "") in runs
+        assert (net, "fine-tune control", "") in runs
+        for method in ("TLC, data-free", "LayerCollapse"):
+            for objective in ("activations", "depth"):
+                assert (net, method, objective) in runs
+    for r in rows:
+        # The surgery result computes what the fine-tuned model computes.
+        assert abs(r["accuracy"] - r["collapsed_accuracy"]) <= 1 / 300
+        assert r["epochs"] == (2 if r["run"] == "base (BN folded)" else 4)
+        label = f"{r['run']} [{r['objective']}]" if r["objective"] else r["run"]
+        assert latency[keras.backend.backend()][r["model"]][label]["1"] > 0
+        if r["run"] == "fine-tune control":
+            assert r["linearized"] == 0
+    text = (tmp_path / "cmp.txt").read_text()
+    assert "best row within 0.5 pt" in text
+    assert (tmp_path / "cmp.png").exists()
+
+
+@pytest.mark.large
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("training_overhead.py", ["--rounds", "1"]),
+        ("cost_models.py", ["--cases", "d", "--repeats", "2"]),
+    ],
+)
+def test_per_backend_benchmarks_run(tmp_path, script, args):
+    """The script-style benchmarks run on this backend and write a table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out.txt"
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), *args, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "ratio" in text and "x" in text

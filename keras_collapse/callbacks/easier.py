@@ -35,7 +35,8 @@ class EASIERCallback(LinearizationCallback):
         **kwargs: the engine's arguments: `warmup_epochs` (1), `interval`
             (2), `ramp_epochs` (1), `monitor`, `tolerance`, `patience` (3),
             `max_layers`, `candidates`, `recalibrate`, `batch_size`, `seed`,
-            `verbose`.
+            `verbose`, `objective` ("activations"; "depth" / "latency" take
+            merge units only), `exact`, `cost_model`.
 
     Example:
 

@@ -28,6 +28,8 @@ from keras_collapse.recalibrate import BatchNormRecalibrator
 from keras_collapse.scores.pairs import find_pairs
 from keras_collapse.scores.scorers import as_scorer
 from keras_collapse.scores.statistics import statistics_on_graph
+from keras_collapse.units import check_objective
+from keras_collapse.units import merge_units
 
 
 class DecisionContext:
@@ -169,6 +171,19 @@ class LinearizationCallback(keras.callbacks.Callback):
         seed: int, for the samples and random choices. Defaults to `0`.
         verbose: 0 or 1, a line per decision and a progress bar for long
             measurements. Defaults to `1`.
+        objective: what a decision aims at. "activations": the scorer's
+            safest activation (the papers' count). "depth" / "latency": the
+            candidates are merge units (`keras_collapse.merge_units`: groups
+            of activations whose joint linearization lets the surgery merge
+            layers, from dry runs of its own passes), ranked by their
+            members' combined score per layer removed ("depth") or per unit
+            of cost saved ("latency", the `cost_model`'s); an activation
+            that buys nothing is never taken. Defaults to `"activations"`.
+        exact: bool, the surgery's `exact`, for the merge units. Defaults to
+            `True`.
+        cost_model: the surgery's cost model, for the merge units and the
+            "latency" objective (`MacCostModel`, or a measured one).
+            Defaults to `None`: `MacCostModel()`.
     """
 
     method = "LinearizationCallback"  # the name in lines and warnings
@@ -193,9 +208,22 @@ class LinearizationCallback(keras.callbacks.Callback):
         batch_size=128,
         seed=0,
         verbose=1,
+        objective="activations",
+        exact=True,
+        cost_model=None,
     ):
         super().__init__()
         self.scorer = as_scorer(scorer)
+        self.objective = check_objective(objective)
+        if not isinstance(exact, bool):
+            raise ValueError(f"`exact` must be True or False. Received: {exact!r}")
+        if cost_model is not None and not callable(cost_model):
+            raise ValueError(
+                "`cost_model` must be callable as cost_model(kind, kernel_shape, "
+                f"output_positions), or None. Received: {cost_model!r}"
+            )
+        self.exact = exact
+        self.cost_model = cost_model
         check_int("warmup_epochs", warmup_epochs, 1)
         check_int("interval", interval, 1)
         check_int("ramp_epochs", ramp_epochs, 0)
@@ -331,6 +359,8 @@ class LinearizationCallback(keras.callbacks.Callback):
             if recalibrator.layers:
                 self._recalibrator = (recalibrator, calibration)
         self._active = self._check_scorable()
+        if self._active and self.objective != "activations":
+            self._active = self._check_units()
         if self._active and self._measures_itself():
             self._best = self._value(None, {}, final=True)  # the baseline
 
@@ -344,6 +374,85 @@ class LinearizationCallback(keras.callbacks.Callback):
             self._warned_unscorable = True
             warnings.warn(self._unscorable_message(), stacklevel=3)
         return False
+
+    def _check_units(self):
+        """Whether some merge unit buys something under the objective;
+        warns once (why, and what would help) otherwise."""
+        pool = self._candidate_pairs()
+        if not pool:
+            return True  # nothing to choose from: said elsewhere
+        units = self._units(pool)
+        if units.for_objective(self.objective):
+            return True
+        if not getattr(self, "_warned_no_unit", False):
+            self._warned_no_unit = True
+            warnings.warn(
+                f"{self.method}: in model '{self.model.name}', "
+                f"{units.why_none(self.objective)} This callback does nothing.",
+                stacklevel=3,
+            )
+        return False
+
+    def _units(self, pool):
+        """The merge units among the `pool` activations, as the model is."""
+        sync_training_state(self.model)
+        return merge_units(
+            self.model,
+            candidates=[p.activation.name for p in pool],
+            exact=self.exact,
+            cost_model=self.cost_model,
+        )
+
+    def _unit_pool(self, pool):
+        """`(units, pool)`: the merge units that buy something under the
+        objective, and the pool cut to their members (units None and the
+        pool whole for "activations")."""
+        if self.objective == "activations":
+            return None, pool
+        self._found = self._units(pool)
+        units = self._found.for_objective(self.objective)
+        members = {name for unit in units for name in unit.activations}
+        return units, [p for p in pool if p.activation.name in members]
+
+    def _pick_unit(self, ranked, units, room):
+        """The scores of the members of the unit with the lowest combined
+        score per unit of gain (ties: the larger gain), plus the units the
+        scorer's `also_take` covers whole; [] when no unit is fully scored
+        or fits in `room`."""
+        by_name = {s.pair.activation.name: s for s in ranked}
+        units = [u for u in units if all(n in by_name for n in u.activations)]
+        units = [priced for u in units if (priced := self._with_off(u, by_name))]
+
+        def key(unit):
+            total = sum(
+                float(np.nan_to_num(by_name[n].value, nan=np.inf))
+                for n in unit.activations
+            )
+            gain = unit.gain(self.objective)
+            # A negative score (the loss falls) is better with more gain.
+            return (total / gain if total >= 0 else total * gain, -gain)
+
+        usable = [u for u in units if len(u.activations) <= room]
+        if not usable:
+            return []
+        best = min(usable, key=key)
+        names = list(best.activations)
+        extra = {s.pair.activation.name for s in self.scorer.also_take(ranked)}
+        for unit in sorted(usable, key=key):
+            fits = len(names) + len(unit.activations) <= room
+            if fits and set(unit.activations) <= extra - set(names):
+                names += unit.activations
+        return [by_name[n] for n in names]
+
+    def _with_off(self, unit, by_name):
+        """`unit` priced with the OFF channels its members' scores zero (a
+        cut can leave nothing worth merging), or None if it then buys
+        nothing."""
+        off = {n: by_name[n].off for n in unit.activations}
+        if not any(mask is not None and np.any(mask) for mask in off.values()):
+            return unit
+        priced = self._found.evaluate(unit.activations, off)
+        return priced if priced.buys(self.objective) else None
 
     def _unscorable_message(self):
         return (
@@ -455,13 +564,27 @@ class LinearizationCallback(keras.callbacks.Callback):
         pool = self._candidate_pairs()
         if not pool:
             return self._stop(epoch, "no candidate left")
+        units, pool = self._unit_pool(pool)
+        if not pool:
+            return self._stop(
+                epoch, f"no merge unit left under objective {self.objective!r}"
+            )
         sync_training_state(self.model)
         ranked = self.scorer(DecisionContext(self), pool)
         if not ranked:
             return self._stop(epoch, "no candidate with statistics left")
-        chosen = [ranked[0], *self.scorer.also_take(ranked)]
-        if self.max_layers is not None:
-            chosen = chosen[: self.max_layers - len(self.linearized)]
+        room = (
+            math.inf
+            if self.max_layers is None
+            else self.max_layers - len(self.linearized)
+        )
+        if units is None:
+            chosen = [ranked[0], *self.scorer.also_take(ranked)]
+            chosen = chosen[: room if room != math.inf else None]
+        else:
+            chosen = self._pick_unit(ranked, units, room)
+            if not chosen:
+                return self._stop(epoch, "no merge unit fully scored fits")
         sync_training_state(self.model)
         snapshot = self.model.get_weights()
         steps = (self.params or {}).get("steps")
@@ -480,6 +603,10 @@ class LinearizationCallback(keras.callbacks.Callback):
             channels_off=off,
             ramp_epochs=self.ramp_epochs if ramp_steps else 0,
             ranked=[(s.pair.activation.name, s.value) for s in ranked],
+            objective=self.objective,
+            units=None
+            if units is None
+            else [(u.activations, u.gain(self.objective)) for u in units],
         )
 
     def _pend(self, epoch, layers, snapshot, records=(), ramp=None):

@@ -74,7 +74,9 @@ class NEPENTHECallback(LinearizationCallback):
         **kwargs: the engine's arguments (see `LinearizationCallback`):
             `warmup_epochs` (1), `interval` (2), `monitor`, `tolerance`,
             `patience` (3), `max_layers` (the most activations linearized),
-            `candidates`, `recalibrate`, `batch_size`, `seed`, `verbose`.
+            `candidates`, `recalibrate`, `batch_size`, `seed`, `verbose`,
+            `objective` ("depth" / "latency": only the members of merge
+            units are pruned and linearized), `exact`, `cost_model`.
             A round acts at once (`ramp_epochs` is 0).
 
     Raises:
@@ -148,14 +150,15 @@ class NEPENTHECallback(LinearizationCallback):
 
     # ------------------------------------------------------------- lifecycle
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.rounds = []
-        self.fraction = self.prune_fraction  # halved by each rolled back round
+        # Before the engine's checks: its candidates are those with a kernel.
         self._kernels = {}  # activation name -> its kernel layer
-        self._entropy = {}
         for entry in prunable_layers(self.model):
             if entry.layer is not None:
                 self._kernels[entry.activation.name] = entry.layer
+        super().on_train_begin(logs)
+        self.rounds = []
+        self.fraction = self.prune_fraction  # halved by each rolled back round
+        self._entropy = {}
         allowed = set(self.candidates) if self.candidates is not None else None
         usable = [n for n in self._kernels if allowed is None or n in allowed]
         if not usable:
@@ -202,6 +205,13 @@ class NEPENTHECallback(LinearizationCallback):
         pool = self._candidate_pairs()
         if not pool:
             return self._stop(epoch, "no candidate left")
+        # With objective "depth"/"latency", only the members of merge units
+        # are pruned and linearized: the others would buy nothing.
+        _, pool = self._unit_pool(pool)
+        if not pool:
+            return self._stop(
+                epoch, f"no merge unit left under objective {self.objective!r}"
+            )
         sync_training_state(self.model)
         stats = DecisionContext(self).statistics(pool)
         by_name = {s.name: s for s in stats}

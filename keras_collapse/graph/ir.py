@@ -55,6 +55,8 @@ class Node:
 
     @property
     def input_refs(self):
+        if not self.kwargs and all(isinstance(x, Ref) for x in self.args):
+            return list(self.args)  # the common case, without a tree walk
         return [
             x
             for x in keras.tree.flatten((self.args, self.kwargs))
@@ -228,6 +230,31 @@ class Graph:
             specs.update((Ref(node.id, i), t) for i, t in enumerate(out))
 
     # ----------------------------------------------------------------- editing
+    def copy(self):
+        """A copy whose nodes can be edited without changing this graph.
+
+        Layers and weight arrays are shared: passes put new layers and new
+        arrays into nodes, they never change a layer or an array in place.
+        """
+        new = Graph(self.name)
+        new.__dict__.update(self.__dict__)
+        new.nodes = {
+            i: dataclasses.replace(
+                n,
+                kwargs=dict(n.kwargs),
+                shapes=list(n.shapes),
+                dtypes=list(n.dtypes),
+                weights=None if n.weights is None else list(n.weights),
+            )
+            for i, n in self.nodes.items()
+        }
+        start = max(self.nodes, default=-1) + 1
+        new._ids = itertools.count(start)
+        new._original_layer_ids = set(self._original_layer_ids)
+        new._finite = dict(self._finite)
+        new.opaque = list(self.opaque)
+        return new
+
     def add(self, layer, args=(), kwargs=None, shapes=None, dtypes=None, **fields):
         """Adds a node; returns it."""
         node = Node(
@@ -250,7 +277,7 @@ class Graph:
         """Whether the weights a node computes with are all finite. Passes
         leave layers with NaN/inf weights alone: merging would spread them."""
         if node.weights is not None:
-            return all(np.all(np.isfinite(w)) for w in node.weights)
+            return all(self._finite_array(w) for w in node.weights)
         layer = node.layer
         if not isinstance(layer, keras.layers.Layer):
             return True
@@ -259,6 +286,13 @@ class Graph:
                 np.all(np.isfinite(w)) for w in layer.get_weights()
             )
         return self._finite[id(layer)]
+
+    def _finite_array(self, array):
+        # Keyed by id, with the array held so that its id is not reused.
+        key = ("array", id(array))
+        if key not in self._finite:
+            self._finite[key] = (array, bool(np.all(np.isfinite(array))))
+        return self._finite[key][1]
 
     def replace_uses(self, old, new):
         """Makes every reader of Ref `old` (and the outputs) read `new`."""

@@ -179,20 +179,20 @@ class CollapsibleActivation(keras.layers.Layer):
             trainable=False,
         )
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         act = self._activation_fn(inputs, **self.activation_kwargs)
-        blended = act + self.alpha * (inputs - act)
-        # At x = +-inf, `x - act` is inf - inf or `alpha * inf` is 0 * inf
-        # (NaN): take the blend's limit there, as the plain activation does.
-        limit = ops.where(
-            self.alpha == 0,
-            act,
-            ops.where(
-                self.alpha == 1, inputs, self.alpha * inputs + (1 - self.alpha) * act
-            ),
-        )
-        blended = ops.where(ops.isfinite(inputs), blended, limit)
-        return ops.where(self.linear_lock > 0.5, inputs, blended)
+        # The lock acts on alpha (a few numbers), not on the activations.
+        alpha = ops.cast(self.alpha, act.dtype)
+        alpha = ops.where(self.linear_lock > 0.5, ops.ones_like(alpha), alpha)
+        blended = alpha * inputs + (1 - alpha) * act
+        if training:
+            # Four elementwise ops, as cheap as the machinery can be: an
+            # infinite input makes the loss NaN anyway.
+            return blended
+        # At x = +-inf, `0 * inf` is NaN: take the blend's limit there, as
+        # the plain activation (alpha = 0) or the identity (alpha = 1) does.
+        limit = ops.where(alpha == 0, act, ops.where(alpha == 1, inputs, blended))
+        return ops.where(ops.isfinite(inputs), blended, limit)
 
     def compute_output_shape(self, input_shape):
         return input_shape

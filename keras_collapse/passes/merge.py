@@ -17,7 +17,6 @@ Which compositions are exact (methods.md, "Merging algebra"):
   taken only with `exact=False`.
 """
 
-import dataclasses
 import math
 
 import keras
@@ -34,31 +33,70 @@ from keras_collapse.passes import rewrite
 NOMINAL_SIZE = 32
 
 
-@dataclasses.dataclass
 class LinearOp:
     """A linear layer in composable form: dense kernel `[k.., in, out]` (no
     spatial axes for a Dense on vectors), bias vector or `[spatial.., out]`
-    map, strides and padding."""
+    map, strides and padding.
 
-    kernel: np.ndarray
-    bias: np.ndarray
-    strides: tuple
-    padding: str
-    exact: bool = True
+    A composed op knows its kernel shape at once and computes its weights
+    only when they are read: the merge pass prices every segment of a run
+    but builds only the segments it takes (a 3x3 512->512 conv into a 1x1
+    512->2048 costs seconds to compose and is never taken).
+    """
+
+    def __init__(
+        self,
+        kernel_shape,
+        strides,
+        padding,
+        weights,
+        *,
+        bias_is_map=False,
+        bias_nonzero=True,
+        exact=True,
+    ):
+        self.kernel_shape = tuple(kernel_shape)
+        self.strides = tuple(strides)
+        self.padding = padding
+        self.exact = exact
+        self.has_bias_map = bias_is_map
+        # Whether the bias may be nonzero (False only when known zero).
+        self.bias_nonzero = bias_nonzero
+        self._weights = weights  # () -> (kernel, bias), called once
+
+    @classmethod
+    def of(cls, kernel, bias, strides, padding):
+        return cls(
+            kernel.shape,
+            strides,
+            padding,
+            lambda: (kernel, bias),
+            bias_is_map=bias.ndim > 1,
+            bias_nonzero=bool(np.any(bias)),
+        )
+
+    def _computed(self):
+        if callable(self._weights):
+            self._weights = self._weights()
+        return self._weights
+
+    @property
+    def kernel(self):
+        return self._computed()[0]
+
+    @property
+    def bias(self):
+        return self._computed()[1]
 
     @property
     def rank(self):
-        return self.kernel.ndim - 2
+        return len(self.kernel_shape) - 2
 
     @property
     def pointwise_stride1(self):
-        return all(k == 1 for k in self.kernel.shape[:-2]) and all(
+        return all(k == 1 for k in self.kernel_shape[:-2]) and all(
             s == 1 for s in self.strides
         )
-
-    @property
-    def has_bias_map(self):
-        return self.bias.ndim > 1
 
 
 def _dense_from_depthwise(dw):
@@ -79,57 +117,112 @@ def linear_op(node):
     if kinds.is_dense(layer):
         rank = len(node.shape) - 2
         kernel = kernel.reshape((1,) * rank + kernel.shape)
-        return LinearOp(kernel, bias, (1,) * rank, "valid")
+        return LinearOp.of(kernel, bias, (1,) * rank, "valid")
     if kinds.is_depthwise(layer):
         kernel = _dense_from_depthwise(kernel)
-    return LinearOp(kernel, bias, tuple(layer.strides), layer.padding)
+    return LinearOp.of(kernel, bias, tuple(layer.strides), layer.padding)
+
+
+def _conv_shape(a, b, strides_a):
+    """Kernel shape of `a` then `b` as one conv (`algebra.compose_conv`)."""
+    taps = [
+        ka + (kb - 1) * s
+        for ka, kb, s in zip(a.kernel_shape[:-2], b.kernel_shape[:-2], strides_a)
+    ]
+    return (*taps, a.kernel_shape[-2], b.kernel_shape[-1])
 
 
 def compose(a, b, b_input_shape, exact):
-    """`a` then `b` as one LinearOp; or `(None, reason)`."""
+    """`a` then `b` as one LinearOp; or `(None, reason)`. Which case applies
+    and the merged shape are decided here; the weights are computed when
+    the result's are read."""
     if a.rank != b.rank:
         return None, "ranks differ"
+    both_exact = a.exact and b.exact
+    nonzero = a.bias_nonzero or b.bias_nonzero
     if b.pointwise_stride1:
-        k2 = b.kernel.reshape(b.kernel.shape[-2:])
-        kernel = a.kernel @ k2  # per tap: exact for any padding and stride of `a`
+
+        def weights():
+            k2 = b.kernel.reshape(b.kernel.shape[-2:])
+            # per tap: exact for any padding and stride of `a`
+            return a.kernel @ k2, a.bias @ k2 + b.bias
+
+        shape = (*a.kernel_shape[:-1], b.kernel_shape[-1])
         return LinearOp(
-            kernel, a.bias @ k2 + b.bias, a.strides, a.padding, a.exact
+            shape,
+            a.strides,
+            a.padding,
+            weights,
+            bias_is_map=a.has_bias_map,
+            bias_nonzero=nonzero,
+            exact=a.exact,
         ), None
     if a.has_bias_map:
         return None, "a border-aware bias can only flow into a 1x1 conv"
     if a.padding == "valid" and b.padding == "valid":
-        kernel, bias, strides = algebra.compose_conv(
-            a.kernel, a.bias, a.strides, b.kernel, b.bias, b.strides
-        )
-        return LinearOp(kernel, bias, strides, "valid", a.exact and b.exact), None
-    if a.pointwise_stride1:
-        both_exact = a.exact and b.exact
-        if b.padding == "valid" or not np.any(a.bias):
-            kernel, bias, strides = algebra.compose_conv(
-                a.kernel, a.bias, 1, b.kernel, b.bias, b.strides
+
+        def weights():
+            kernel, bias, _ = algebra.compose_conv(
+                a.kernel, a.bias, a.strides, b.kernel, b.bias, b.strides
             )
-            return LinearOp(kernel, bias, strides, b.padding, both_exact), None
-        kernel, bias, strides = algebra.compose_conv(
-            a.kernel, None, 1, b.kernel, b.bias, b.strides
-        )
+            return kernel, bias
+
+        strides = tuple(x * y for x, y in zip(a.strides, b.strides))
+        shape = _conv_shape(a, b, a.strides)
+        return LinearOp(
+            shape, strides, "valid", weights, bias_nonzero=nonzero, exact=both_exact
+        ), None
+    if a.pointwise_stride1:
+        shape = _conv_shape(a, b, a.strides)
+        if b.padding == "valid" or not a.bias_nonzero:
+
+            def weights():
+                kernel, bias, _ = algebra.compose_conv(
+                    a.kernel, a.bias, 1, b.kernel, b.bias, b.strides
+                )
+                return kernel, bias
+
+            return LinearOp(
+                shape,
+                b.strides,
+                b.padding,
+                weights,
+                bias_nonzero=nonzero,
+                exact=both_exact,
+            ), None
         spatial = b_input_shape[1:-1]
         if any(d is None for d in spatial):
             return None, "exact needs a bias map, which needs a static input size"
-        bias_map = bias + algebra.same_padding_bias_map(
-            a.bias, b.kernel, spatial, b.strides
-        )
-        return LinearOp(kernel, bias_map, strides, "same", both_exact), None
+
+        def weights():
+            kernel, bias, _ = algebra.compose_conv(
+                a.kernel, None, 1, b.kernel, b.bias, b.strides
+            )
+            return kernel, bias + algebra.same_padding_bias_map(
+                a.bias, b.kernel, spatial, b.strides
+            )
+
+        return LinearOp(
+            shape, b.strides, "same", weights, bias_is_map=True, exact=both_exact
+        ), None
     if (
         a.padding == b.padding == "same"
         and all(s == 1 for s in a.strides + b.strides)
-        and all(k % 2 for k in a.kernel.shape[:-2] + b.kernel.shape[:-2])
+        and all(k % 2 for k in a.kernel_shape[:-2] + b.kernel_shape[:-2])
     ):
         if exact:
             return None, "'same' k x k into k x k is exact only away from the border"
-        kernel, bias, strides = algebra.compose_conv(
-            a.kernel, a.bias, 1, b.kernel, b.bias, 1
-        )
-        return LinearOp(kernel, bias, strides, "same", exact=False), None
+
+        def weights():
+            kernel, bias, _ = algebra.compose_conv(
+                a.kernel, a.bias, 1, b.kernel, b.bias, 1
+            )
+            return kernel, bias
+
+        shape = _conv_shape(a, b, (1,) * a.rank)
+        return LinearOp(
+            shape, (1,) * a.rank, "same", weights, bias_nonzero=nonzero, exact=False
+        ), None
     return (
         None,
         f"no exact merge of '{a.padding}' into '{b.padding}' with these strides",
@@ -153,7 +246,7 @@ def _original_cost(node, cost_model):
 
 def _merged_cost(op, out_shape, cost_model):
     kind = "conv" if op.rank else "dense"
-    return cost_model(kind, op.kernel.shape, _positions(out_shape))
+    return cost_model(kind, op.kernel_shape, _positions(out_shape))
 
 
 def find_runs(graph):

@@ -1,0 +1,479 @@
+"""Every method, with objective "activations" and "depth", on one epoch budget.
+
+The comparison table of issue 12. For a ResNet-20-style, a MobileNetV2-style
+and a VGG-style net with BatchNormalization on Fashion-MNIST: train a plain
+base, then fine-tune copies of it for the same number of epochs:
+
+- the control: the plain base, fine-tuned (what the epochs alone give);
+- LayerCollapse: `make_collapsible(base, alpha_regularizer=
+  LinearityRegularizer(f))`, then `lock_near_linear` (objective
+  "activations": every near-linear slope; "depth": whole merge units only);
+- TLC data-free (`TLCCallback()`), TLC with data (`TLCCallback(data=x)`),
+  EASIER, NEPENTHE and a random ranking, each with `objective=` "activations"
+  and "depth";
+
+then `surgery`. The other runs' slopes are frozen (`alpha` not trained): a
+callback locks what it linearizes, the rest stays the plain activation.
+Reported per run: activations linearized / total, rollbacks, test accuracy
+(of the fine-tuned model and of its surgery result, which agree), real depth,
+params and MACs after surgery, epochs in all (base + fine-tuning), and the
+latency of the surgery result vs the BN-folded base at batch 1 and 64 on every
+backend of `--latency-backends` (the models are saved, then timed side by
+side, interleaved, in one process per backend: they load with plain Keras).
+
+    python3 scripts/dev.py run --backend tensorflow \\
+        benchmarks/collapse_comparison.py --out benchmarks/results/collapse_comparison
+
+`--dataset digits --train 600 ...` is the reduced version the tests run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.linearization_fashion_mnist import accuracy  # noqa: E402
+from benchmarks.linearization_fashion_mnist import compile_model  # noqa: E402
+from benchmarks.linearization_fashion_mnist import copy_model  # noqa: E402
+from benchmarks.linearization_fashion_mnist import load_data  # noqa: E402
+from benchmarks.linearization_fashion_mnist import mobilenet_v2_style  # noqa: E402
+from benchmarks.linearization_fashion_mnist import resnet20_style  # noqa: E402
+
+BASE = "base (BN folded)"
+CONTROL = "fine-tune control"
+METHODS = {
+    "layercollapse": "LayerCollapse",
+    "tlc": "TLC, data-free",
+    "tlc-data": "TLC, data",
+    "easier": "EASIER",
+    "nepenthe": "NEPENTHE",
+    "random": "random",
+}
+OBJECTIVES = ("activations", "depth")
+
+
+def vgg_bn_style(input_shape, width=16):
+    """A VGG-style net with BN: two 3x3 conv-BN-ReLU per stage, max pooling,
+    then a Dense-BN-ReLU hidden layer and the classifier."""
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (width, 2 * width, 4 * width):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(8 * width, use_bias=False)(x)
+    x = layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
+    return keras.Model(inputs, layers.Dense(10)(x), name="vgg_bn_style")
+
+
+MODELS = {
+    "resnet20": resnet20_style,
+    "mobilenetv2": mobilenet_v2_style,
+    "vgg": vgg_bn_style,
+}
+
+
+def freeze_slopes(model):
+    """Keeps every collapsible activation's `alpha` where it is: only a
+    callback's lock changes it."""
+    import keras_collapse as kc
+
+    for layer in kc.collapsible_layers(model):
+        layer.alpha.trainable = False
+    return model
+
+
+def make_run(method, objective, args, base, train, val):
+    """`(model, callback, after_fit)` of one fine-tuning run."""
+    import keras_collapse as kc
+
+    common = dict(
+        seed=args.seed,
+        verbose=1,
+        warmup_epochs=args.warmup,
+        interval=args.interval,
+        ramp_epochs=args.ramp_epochs,
+        objective=objective,
+    )
+    if method == "LayerCollapse":
+        model = kc.make_collapsible(
+            base, alpha_regularizer=kc.LinearityRegularizer(args.factor)
+        )
+
+        def lock(m):
+            return kc.lock_near_linear(m, args.lock_tolerance, objective=objective)
+
+        return model, None, lock
+    model = freeze_slopes(kc.make_collapsible(base))
+    if method == "TLC, data-free":
+        callback = kc.TLCCallback(**common)
+    elif method == "TLC, data":
+        callback = kc.TLCCallback(
+            data=train[0], validation_samples=args.samples, **common
+        )
+    elif method == "EASIER":
+        callback = kc.EASIERCallback(
+            train[0], validation_data=val, samples=args.samples, **common
+        )
+    elif method == "NEPENTHE":
+        pruning = {k: v for k, v in common.items() if k != "ramp_epochs"}
+        callback = kc.NEPENTHECallback(
+            train[0], validation_data=val, samples=args.samples, **pruning
+        )
+    elif method == "random":
+        callback = kc.TLCCallback(ranking="random", **common)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return model, callback, None
+
+
+def run_model(name, args, data, folder, log):
+    import keras
+
+    import keras_collapse as kc
+
+    train, val, test = data
+    keras.utils.set_random_seed(args.seed)
+    base = compile_model(MODELS[name](train[0].shape[1:], args.width), args.lr)
+    start = time.time()
+    base.fit(*train, batch_size=args.batch_size, epochs=args.base_epochs, verbose=0)
+    log(f"[{name}] base: {args.base_epochs} epochs in {time.time() - start:.0f} s")
+    folded, folded_report = kc.surgery(base, return_report=True)
+    total = len(kc.collapsible_layers(kc.make_collapsible(base)))
+    files = {BASE: str(folder / f"{name}_base.keras")}
+    folded.save(files[BASE])
+    rows = [
+        {
+            "model": name,
+            "run": BASE,
+            "objective": "",
+            "linearized": 0,
+            "activations": total,
+            "rollbacks": 0,
+            "accuracy": accuracy(base, test),
+            "collapsed_accuracy": accuracy(folded, test),
+            "depth": folded_report.after.depth,
+            "params": folded_report.after.params,
+            "macs": folded_report.after.macs,
+            "epochs": args.base_epochs,
+            "fit_seconds": 0.0,
+        }
+    ]
+    runs = [(CONTROL, "")] + [(m, o) for m in args.methods for o in OBJECTIVES]
+    for method, objective in runs:
+        keras.utils.set_random_seed(args.seed + 1)  # the same shuffles every run
+        if method == CONTROL:
+            model, callback, after = copy_model(base), None, None
+        else:
+            model, callback, after = make_run(method, objective, args, base, train, val)
+        compile_model(model, args.lr * args.finetune_lr_factor)
+        start = time.time()
+        model.fit(
+            *train,
+            batch_size=args.batch_size,
+            epochs=args.finetune_epochs,
+            callbacks=[callback] if callback is not None else [],
+            verbose=0,
+        )
+        seconds = time.time() - start
+        locked = after(model) if after is not None else []
+        linearized = (
+            [layer.name for layer in locked]
+            if after is not None
+            else list(callback.linearized)
+            if callback is not None
+            else []
+        )
+        collapsed, report = kc.surgery(model, return_report=True)
+        label = f"{method} [{objective}]" if objective else method
+        files[label] = str(folder / f"{name}_{len(files)}.keras")
+        collapsed.save(files[label])
+        rows.append(
+            {
+                "model": name,
+                "run": method,
+                "objective": objective,
+                "linearized": len(linearized),
+                "activations": total,
+                "rollbacks": callback.rollbacks if callback is not None else 0,
+                "layers": linearized,
+                "accuracy": accuracy(model, test),
+                "collapsed_accuracy": accuracy(collapsed, test),
+                "depth": report.after.depth,
+                "params": report.after.params,
+                "macs": report.after.macs,
+                "epochs": args.base_epochs + args.finetune_epochs,
+                "fit_seconds": seconds,
+            }
+        )
+        shown = {k: v for k, v in rows[-1].items() if k != "layers"}
+        log(f"[{name}] {label}: {shown} ({seconds:.0f} s)")
+    return rows, files
+
+
+def time_saved_models(files, repeats):
+    """Child process: the latency ratios of saved models vs the first."""
+    import keras
+
+    import keras_collapse as kc
+
+    models = {label: keras.models.load_model(path) for label, path in files.items()}
+    result = kc.measure_latency(models, batch_sizes=(1, 64), repeats=repeats)
+    return {
+        label: {str(b): r for b, r in entry["speedup"].items()}
+        for label, entry in result["models"].items()
+    }
+
+
+def latency_per_backend(all_files, backends, repeats, log):
+    """`{backend: {model: {label: {"1": ratio, "64": ratio}}}}`, one process
+    per backend."""
+    out = {}
+    for backend in backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec, result = Path(tmp) / "files.json", Path(tmp) / "result.json"
+            spec.write_text(json.dumps(all_files))
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            start = time.time()
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--time-saved",
+                    str(spec),
+                    "--repeats",
+                    str(repeats),
+                    "--json",
+                    str(result),
+                ],
+                env=env,
+            )
+            if proc.returncode != 0:
+                log(f"!! latency on {backend}: exit code {proc.returncode}")
+                continue
+            out[backend] = json.loads(result.read_text())
+            log(f"latency on {backend}: {time.time() - start:.0f} s")
+    return out
+
+
+def format_rows(rows, latency):
+    from benchmarks.common import table
+
+    backends = list(latency)
+    header = [
+        "model",
+        "run",
+        "objective",
+        "linearized",
+        "rollbacks",
+        "test acc",
+        "after surgery",
+        "depth",
+        "params",
+        "MACs",
+        *[f"{b} b1/b64" for b in backends],
+        "epochs",
+    ]
+    body = []
+    for r in rows:
+        label = f"{r['run']} [{r['objective']}]" if r["objective"] else r["run"]
+        ratios = []
+        for b in backends:
+            entry = latency[b].get(r["model"], {}).get(label)
+            ratios.append(
+                "n/a" if entry is None else f"{entry['1']:.2f}/{entry['64']:.2f}x"
+            )
+        body.append(
+            (
+                r["model"],
+                r["run"],
+                r["objective"] or "-",
+                f"{r['linearized']}/{r['activations']}",
+                r["rollbacks"],
+                f"{r['accuracy']:.4f}",
+                f"{r['collapsed_accuracy']:.4f}",
+                r["depth"],
+                f"{r['params']:,}",
+                f"{r['macs']:,}",
+                *ratios,
+                r["epochs"],
+            )
+        )
+    return table(header, body, "<<<" + ">" * (len(header) - 3))
+
+
+def targets(rows, latency):
+    """Issue 12's targets, per net, for its best row."""
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        base = mine[0]
+        control = next(r for r in mine if r["run"] == CONTROL)
+        methods = [r for r in mine[2:]]
+        near = [
+            r
+            for r in methods
+            if r["collapsed_accuracy"] >= control["collapsed_accuracy"] - 0.005
+        ]
+        best = max(near or methods, key=lambda r: (r["linearized"], -r["depth"]))
+        label = f"{best['run']} [{best['objective']}]"
+        share = best["linearized"] / best["activations"]
+        depth_cut = 1 - best["depth"] / base["depth"]
+        faster = [
+            b
+            for b in latency
+            if (e := latency[b].get(name, {}).get(label)) and min(e.values()) > 1
+        ]
+        lines.append(
+            f"{name}: best row within 0.5 pt of the control: "
+            f"{label if near else 'none'}"
+            f" — {share:.0%} linearized (target >= 50%), accuracy "
+            f"{best['collapsed_accuracy'] - control['collapsed_accuracy']:+.4f} vs "
+            f"control, depth {depth_cut:.0%} lower (MobileNetV2 target >= 30%), "
+            f"faster than the folded base at b1 and b64 on: {faster or 'none'}, "
+            f"epochs {best['epochs']} = {best['epochs'] / base['epochs']:.1f}x base"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5))
+    for ax, name in zip(list(axes) if len(models) > 1 else [axes], models):
+        mine = [r for r in rows if r["model"] == name]
+        for r in mine:
+            marker = {"": "s", "activations": "o", "depth": "^"}[r["objective"]]
+            ax.scatter(r["depth"], r["collapsed_accuracy"], marker=marker, s=50)
+            label = (
+                r["run"] if not r["objective"] else f"{r['run']} [{r['objective'][0]}]"
+            )
+            ax.annotate(label, (r["depth"], r["collapsed_accuracy"]), fontsize=6)
+        ax.set_xlabel("real depth after surgery")
+        ax.set_ylabel("test accuracy after surgery")
+        ax.set_title(f"{name} (o: activations, ^: depth, s: base/control)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dataset", choices=["fashion_mnist", "digits"], default="fashion_mnist"
+    )
+    parser.add_argument("--models", default="resnet20,mobilenetv2,vgg")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        help=f"a comma-separated subset of {list(METHODS)}",
+    )
+    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--base-epochs", type=int, default=4)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=4,
+        help="epochs of every fine-tuning run (total <= 2x the base's)",
+    )
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--interval", type=int, default=1)
+    parser.add_argument("--ramp-epochs", type=int, default=0)
+    parser.add_argument("--factor", type=float, default=5.0)
+    parser.add_argument("--lock-tolerance", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--finetune-lr-factor", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-backends", default="jax,tensorflow,torch")
+    parser.add_argument("--out", default=None, help="write <out>.txt/.json/.png")
+    parser.add_argument("--time-saved", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if args.time_saved:
+        files = json.loads(Path(args.time_saved).read_text())
+        result = {name: time_saved_models(f, args.repeats) for name, f in files.items()}
+        Path(args.json).write_text(json.dumps(result))
+        return result
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+    args.methods = [METHODS[m] for m in args.methods]
+
+    import keras
+
+    from benchmarks.common import command_line
+    from benchmarks.common import machine_line
+
+    def log(message):
+        print(message, flush=True)
+
+    started, machine = time.time(), machine_line()
+    data = load_data(args.dataset, args.train, args.val, args.test, args.seed)
+    log(
+        f"{args.dataset}: {len(data[0][0])} train / {len(data[1][0])} val / "
+        f"{len(data[2][0])} test; training on {keras.backend.backend()}"
+    )
+    rows, files = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            model_rows, files[name] = run_model(name, args, data, Path(tmp), log)
+            rows += model_rows
+        backends = [b for b in args.latency_backends.split(",") if b]
+        latency = latency_per_backend(files, backends, args.repeats, log)
+    text = "\n".join(
+        [
+            f"# {command_line()}",
+            f"# {machine}; {time.time() - started:.0f} s in all; trained on "
+            f"{keras.backend.backend()} {keras.__version__}",
+            f"settings: {vars(args)}",
+            f"every fine-tuning run trains {args.finetune_epochs} epochs after the "
+            f"base's {args.base_epochs}; callbacks: warmup {args.warmup}, interval "
+            f"{args.interval}, ramp {args.ramp_epochs}; LayerCollapse: "
+            f"LinearityRegularizer({args.factor}), lock_near_linear("
+            f"{args.lock_tolerance})",
+            "latency: surgery result vs the BN-folded base, median of "
+            f"{args.repeats} interleaved runs, one process per backend (>1 = faster)",
+            "",
+            format_rows(rows, latency),
+            "",
+            targets(rows, latency),
+        ]
+    )
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".txt").write_text(text + "\n")
+        out.with_suffix(".json").write_text(
+            json.dumps({"rows": rows, "latency": latency}, indent=1, default=str)
+        )
+        plot(rows, out.with_suffix(".png"))
+    return rows, latency
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    main()

@@ -1,0 +1,29 @@
+"""The surgery's graph passes in their order: one home, so that the surgery
+and its dry runs (`keras_collapse.units`) apply the same rules."""
+
+from keras_collapse.passes.batchnorm import fold_batchnorms
+from keras_collapse.passes.dead_channels import remove_dead_channels
+from keras_collapse.passes.identities import remove_identities
+from keras_collapse.passes.merge import merge_runs
+from keras_collapse.passes.residual import absorb_residuals
+
+# Merging can open new merges (a residual absorbed into a conv makes it part of
+# a longer run); a few rounds reach the fixed point on every model seen.
+MAX_ROUNDS = 8
+
+
+def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels=True):
+    """Removes identities, folds BatchNormalization, cuts dead channels and
+    merges linear runs and residuals, in place. The graph still holds
+    collapsible activations (their plain form is emission, not algebra).
+    Running it again on its own result changes nothing."""
+    remove_identities(graph, journal)
+    fold_batchnorms(graph, journal)
+    if cut_dead_channels:
+        remove_dead_channels(graph, journal)
+    if merge:
+        for _ in range(MAX_ROUNDS):
+            changed = merge_runs(graph, journal, cost_model, exact)
+            changed += absorb_residuals(graph, journal)
+            if not changed:
+                break

@@ -1,0 +1,524 @@
+"""What linearizing buys: the merge units of a collapsible model.
+
+An activation made linear saves depth only if the surgery can then merge
+the layers on both sides of it. Whether it can is the surgery's business, so
+the answer comes from the surgery's own passes (`passes.pipeline.simplify`),
+run on a copy of the model's graph with the activations assumed linear: a
+*dry run*. Nothing here restates a merge rule.
+
+A *merge unit* is a smallest group of activations whose joint linearization
+lets the dry run remove layers: on a MobileNetV2 block the expand and
+depthwise activations together (1x1∘3x3 depthwise∘1x1 becomes one 3x3 conv),
+never one of them alone (a lone one would make a dense 3x3 that costs more);
+after a Dense, the activation alone (Dense∘Dense is one Dense); on a ResNet
+basic block, nothing exact ("same" 3x3∘3x3 differs at the border).
+"""
+
+import dataclasses
+import math
+import time
+
+import keras
+import numpy as np
+
+from keras_collapse.cost_model import MacCostModel
+from keras_collapse.graph import Graph
+from keras_collapse.graph import Ref
+from keras_collapse.passes import kinds
+from keras_collapse.passes import rewrite
+from keras_collapse.passes.journal import Journal
+from keras_collapse.passes.merge import NOMINAL_SIZE
+from keras_collapse.passes.pipeline import simplify
+
+OBJECTIVES = ("activations", "depth", "latency")
+
+# Groups larger than this are not tried: a unit of the surgery's merges spans
+# the activations of one block (MobileNetV2: 2).
+MAX_UNIT_SIZE = 3
+
+
+def check_objective(objective):
+    """`objective` if it is one of `OBJECTIVES`, else a ValueError."""
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise ValueError(
+            f"`objective` must be one of {list(OBJECTIVES)}. Received: "
+            f"objective={objective!r}"
+        )
+    return objective
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeUnit:
+    """A group of activations whose joint linearization the surgery turns
+    into a merge, and what that saves.
+
+    Attributes:
+        activations: tuple of the activation layer names.
+        layers: int, layers the surgery removes besides the activations
+            themselves (merged Conv/Dense, absorbed `Add`, folded BN).
+        depth: int, how much the real depth (weight layers on the longest
+            path) falls; 0 for a merge off the longest path.
+        params: int, parameters saved (negative: the merge adds some).
+        macs: int, multiply-accumulates saved per sample.
+        latency: float, cost saved under the cost model (MACs by default).
+        merges: tuple of str, what the dry run did ("merge: a, b, c").
+    """
+
+    activations: tuple
+    layers: int
+    depth: int
+    params: int
+    macs: int
+    latency: float
+    merges: tuple = ()
+
+    def gain(self, objective):
+        """What this unit buys under `objective` ("depth": layers removed;
+        "latency": cost saved; "activations": 1 per member)."""
+        check_objective(objective)
+        if objective == "depth":
+            return float(self.layers)
+        if objective == "latency":
+            return float(self.latency)
+        return float(len(self.activations))
+
+    def buys(self, objective):
+        return self.gain(objective) > 0
+
+
+@dataclasses.dataclass
+class MergeUnits:
+    """`merge_units`' answer.
+
+    Attributes:
+        units: list of `MergeUnit`, the largest saving under the cost model
+            first.
+        candidates: list of the activation names considered.
+        useless: dict, activation name -> why linearizing it (alone or in a
+            group of up to `max_size`) lets the surgery merge nothing.
+        exact: bool, the surgery mode the dry runs used.
+        seconds: float, the time the analysis took.
+        dry_runs: int, the dry runs made.
+    """
+
+    units: list
+    candidates: list
+    useless: dict
+    exact: bool
+    seconds: float = 0.0
+    dry_runs: int = 0
+    dry_run: object = dataclasses.field(default=None, repr=False)
+
+    def evaluate(self, names, off=None):
+        """The `MergeUnit` of linearizing `names` together, with the channels
+        `off[name]` (bool per channel) of each zeroed first, as TLC and
+        EASIER do for always-OFF channels: a cut can make the unmerged
+        layers the cheaper form, and the merge then does not happen."""
+        unit, _ = self.dry_run.unit(tuple(names), off=off)
+        return unit
+
+    def for_objective(self, objective):
+        """The units that buy something under `objective`."""
+        return [u for u in self.units if u.buys(objective)]
+
+    def unit_of(self, name):
+        """The first unit that holds activation `name`, or None."""
+        return next((u for u in self.units if name in u.activations), None)
+
+    def why_none(self, objective="depth"):
+        """A sentence saying why no unit buys anything under `objective`,
+        and what would help."""
+        reasons = sorted(set(self.useless.values()))
+        shown = "; ".join(reasons[:3]) or "no collapsible activation to linearize"
+        hints = []
+        if self.exact and any("border" in r for r in reasons):
+            hints.append("`exact=False` (merges exact away from the border)")
+        if any("cost more" in r or "costs more" in r for r in reasons):
+            hints.append(
+                "a cost model that prices layers, e.g. "
+                "`MacCostModel(layer_overhead=...)`"
+            )
+        hints.append('objective="activations" (the papers\' count)')
+        return (
+            f"no group of up to {MAX_UNIT_SIZE} activations lets the surgery merge "
+            f"anything under objective {objective!r} ({shown}). What would help: "
+            + ", or ".join(hints)
+            + "."
+        )
+
+    def table(self):
+        """The units as a plain-text table."""
+        rows = [("activations", "layers", "depth", "params", "MACs", "latency")]
+        for u in self.units:
+            rows.append(
+                (
+                    ", ".join(u.activations),
+                    str(u.layers),
+                    str(u.depth),
+                    f"{u.params:,}",
+                    f"{u.macs:,}",
+                    f"{u.latency:,.0f}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self):
+        head = (
+            f"{len(self.units)} merge unit(s) over {len(self.candidates)} "
+            f"activation(s) ({'exact' if self.exact else 'inexact'} surgery, "
+            f"{self.dry_runs} dry runs, {self.seconds:.2f} s)"
+        )
+        return head + ("\n" + self.table() if self.units else "")
+
+
+class DryRun:
+    """The surgery's passes on a copy of a model's graph, with chosen
+    activations assumed linear. The model is never modified: the graph is
+    read once, and each run edits a copy of its simplified form.
+
+    Args:
+        model: a collapsible Functional or Sequential `keras.Model`.
+        exact: bool, the surgery's `exact`. Defaults to `True`.
+        cost_model: the surgery's cost model. Defaults to `MacCostModel()`.
+        cut_dead_channels: bool, the surgery's. Defaults to `True`.
+    """
+
+    def __init__(self, model, *, exact=True, cost_model=None, cut_dead_channels=True):
+        self.exact = exact
+        self.cost_model = cost_model or MacCostModel()
+        self.cut_dead_channels = cut_dead_channels
+        self.runs = 0
+        graph = Graph.from_model(model)
+        self.candidates = _nonlinear_collapsible(graph)
+        # Simplified once: each dry run starts from here (the passes reach a
+        # fixed point, so running them again on a copy with a few more
+        # activations linear gives what they would give from the start).
+        self.base_journal = Journal()
+        self.base = self._simplify(graph, self.base_journal)
+        self.base_cost = Cost.of(self.base, self.cost_model)
+
+    def _simplify(self, graph, journal=None):
+        simplify(
+            graph,
+            journal or Journal(),
+            cost_model=self.cost_model,
+            exact=self.exact,
+            cut_dead_channels=self.cut_dead_channels,
+        )
+        return graph
+
+    def run(self, names, off=None):
+        """`(Cost, Journal)` of the surgery with activations `names` linear
+        and, where `off` says, their always-OFF channels zeroed."""
+        self.runs += 1
+        graph = self.base.copy()
+        names, off = set(names), off or {}
+        zeroed = False
+        for node in graph.layer_nodes():
+            if kinds.is_collapsible(node.layer) and node.layer.name in names:
+                mask = off.get(node.layer.name)
+                if mask is not None and np.any(mask):
+                    zeroed |= _zero_input_channels(graph, node, np.asarray(mask, bool))
+                node.layer = keras.layers.Identity(name=node.layer.name)
+        journal = Journal()
+        # The base has its dead channels cut already: only new zeros (`off`)
+        # give that pass something to do.
+        simplify(
+            graph,
+            journal,
+            cost_model=self.cost_model,
+            exact=self.exact,
+            cut_dead_channels=self.cut_dead_channels and zeroed,
+        )
+        return Cost.of(graph, self.cost_model), journal
+
+    def unit(self, names, off=None):
+        """The `MergeUnit` of linearizing `names` together, with the merges
+        it lets the surgery make; and the journal of the run."""
+        cost, journal = self.run(names, off)
+        base = self.base_cost
+        merges = tuple(
+            f"{e.kind}: {', '.join(e.layers)}"
+            for e in journal.done
+            if e.kind != "remove_identity"
+        )
+        unit = MergeUnit(
+            activations=tuple(names),
+            layers=base.layers - cost.layers - len(names),
+            depth=base.depth - cost.depth,
+            params=base.params - cost.params,
+            macs=base.macs - cost.macs,
+            latency=base.latency - cost.latency,
+            merges=merges,
+        )
+        return unit, journal
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What the surgery's result would cost, read from a simplified graph.
+
+    `layers` counts layer nodes (collapsible activations included, each
+    call once), `params` the linear layers' weights (activations are emitted
+    as plain layers), `macs`/`latency` the Conv/Depthwise/Dense nodes, as
+    the merge pass prices them.
+    """
+
+    layers: int
+    depth: int
+    params: int
+    macs: int
+    latency: float
+
+    @classmethod
+    def of(cls, graph, cost_model):
+        nodes = graph.layer_nodes()
+        overhead = float(getattr(cost_model, "layer_overhead", 0.0))
+        depth, macs, latency, params, seen = {}, 0, 0.0, 0, set()
+        for node in graph.topological():
+            below = max((depth[r.node] for r in node.input_refs), default=0)
+            kind = None if node.is_input else _kind(node.layer)
+            depth[node.id] = below + (kind is not None)
+            if node.is_input:
+                continue
+            if kind is None:
+                latency += overhead
+            else:
+                shape = _kernel_shape(node)
+                positions = math.prod(
+                    NOMINAL_SIZE if d is None else d for d in node.shape[1:-1]
+                )
+                macs += math.prod(shape) * positions
+                latency += cost_model(kind, shape, positions)
+            if kinds.is_collapsible(node.layer):
+                continue
+            if node.weights is not None:
+                params += sum(math.prod(w.shape) for w in node.weights)
+            elif id(node.layer) not in seen:
+                seen.add(id(node.layer))
+                params += sum(
+                    math.prod(w.shape) for w in getattr(node.layer, "weights", ())
+                )
+        outputs = keras.tree.flatten(graph.outputs)
+        return cls(
+            layers=len(nodes),
+            depth=max(depth[r.node] for r in outputs),
+            params=int(params),
+            macs=int(macs),
+            latency=float(latency),
+        )
+
+
+def _zero_input_channels(graph, node, mask):
+    """Zeroes channels `mask` of what the Conv/Dense/Depthwise feeding `node`
+    computes (its BatchNormalization folded in: what zeroing the BN's gamma
+    and beta gives). Returns whether it could."""
+    (ref,) = node.input_refs
+    source = graph.producer(ref)
+    if source.is_input or not kinds.is_linear_op(source.layer):
+        return False
+    kernel, bias = rewrite.kernel_and_bias(source)
+    channels = bias.shape[-1]
+    if mask.shape != (channels,):
+        return False
+    # A copy: the arrays may be the base graph's. Depthwise output channels
+    # are input channel x multiplier, the kernel's last two axes.
+    depthwise = kinds.is_depthwise(source.layer)
+    zeroed = np.array(kernel).reshape(kernel.shape[: -2 if depthwise else -1] + (-1,))
+    zeroed[..., mask] = 0.0
+    kernel = zeroed.reshape(kernel.shape)
+    bias = np.where(mask, 0.0, bias)
+    rewrite.replace_layer(
+        graph,
+        source,
+        {"use_bias": True},
+        [
+            rewrite.cast_like(kernel, source.layer),
+            rewrite.cast_like(bias, source.layer),
+        ],
+    )
+    return True
+
+
+def _kind(layer):
+    if kinds.is_depthwise(layer):
+        return "depthwise"
+    if kinds.is_dense(layer):
+        return "dense"
+    if kinds.is_conv(layer):
+        return "conv"
+    return None
+
+
+def _kernel_shape(node):
+    if node.weights is not None:
+        return tuple(node.weights[0].shape)
+    return tuple(node.layer.kernel.shape)
+
+
+def _nonlinear_collapsible(graph):
+    names = []
+    for node in graph.layer_nodes():
+        layer = node.layer
+        if kinds.is_collapsible(layer) and not layer.is_linear:
+            if layer.name not in names:
+                names.append(layer.name)
+    return names
+
+
+def merge_units(
+    model,
+    *,
+    candidates=None,
+    exact=True,
+    cost_model=None,
+    cut_dead_channels=True,
+    max_size=MAX_UNIT_SIZE,
+):
+    """What linearizing each group of activations would let the surgery
+    merge, from dry runs of the surgery's own passes.
+
+    Every candidate is tried alone; those that buy nothing alone are tried
+    in connected groups (activations joined by a chain of linear layers) of
+    up to `max_size`. A group is a unit when its dry run removes layers
+    besides the activations and none of its smaller groups does. Units are
+    relative to the model as it is: activations already linear are part of
+    the baseline. The model is not modified.
+
+    Args:
+        model: a Functional or Sequential `keras.Model` with collapsible
+            activations (`make_collapsible`).
+        candidates: activation names to consider, or None for every
+            collapsible activation that is not linear yet. Defaults to None.
+        exact: bool, the surgery's `exact`. Defaults to `True`.
+        cost_model: the surgery's cost model (`MacCostModel`, or a measured
+            one). Defaults to `MacCostModel()`.
+        cut_dead_channels: bool, the surgery's. Defaults to `True`.
+        max_size: int >= 1, the largest group tried. Defaults to 3.
+
+    Returns:
+        `MergeUnits`: `.units` (each a `MergeUnit` with the layers, depth,
+        params, MACs and cost-model latency it saves), `.useless` (why the
+        others buy nothing), `.table()`.
+
+    Raises:
+        ValueError: if the model cannot be read or `candidates` names a layer
+            that is not a collapsible activation of it.
+
+    Example:
+
+    >>> found = keras_collapse.merge_units(model)
+    >>> print(found)  # one row per unit: activations, layers, depth, MACs
+    """
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"`max_size` must be an int >= 1. Received: {max_size!r}")
+    start = time.perf_counter()
+    dry = DryRun(
+        model, exact=exact, cost_model=cost_model, cut_dead_channels=cut_dead_channels
+    )
+    names = dry.candidates
+    if candidates is not None:
+        if isinstance(candidates, str) or not all(
+            isinstance(c, str) for c in candidates
+        ):
+            raise ValueError(
+                "`candidates` must be a list of activation layer names or None. "
+                f"Received: candidates={candidates!r}"
+            )
+        unknown = sorted(set(candidates) - set(names))
+        if unknown:
+            raise ValueError(
+                f"`candidates` names layers that are not nonlinear collapsible "
+                f"activations of model '{model.name}': {unknown}. Available: {names}"
+            )
+        names = [n for n in names if n in set(candidates)]
+    units, useless = [], {}
+    alone = set()
+    for name in names:
+        unit, journal = dry.unit((name,))
+        if unit.layers > 0:
+            units.append(unit)
+            alone.add(name)
+        else:
+            useless[name] = _why(journal, dry.base_journal)
+    rest = [n for n in names if n not in alone]
+    neighbours = _neighbours(dry.base, set(rest))
+    found = []
+    for size in range(2, max_size + 1):
+        for group in _connected_groups(rest, neighbours, size):
+            if any(set(f) <= set(group) for f in found):
+                continue
+            unit, _ = dry.unit(group)
+            if unit.layers > 0:
+                units.append(unit)
+                found.append(group)
+    for group in found:
+        for name in group:
+            useless.pop(name, None)
+    units.sort(key=lambda u: (-u.latency, -u.layers, u.activations))
+    return MergeUnits(
+        units=units,
+        candidates=list(names),
+        useless=useless,
+        exact=exact,
+        seconds=time.perf_counter() - start,
+        dry_runs=dry.runs,
+        dry_run=dry,
+    )
+
+
+def _why(journal, base_journal):
+    """The dry run's reason a lone linearization merged nothing: what the
+    merge pass refused that it did not meet without it."""
+    known = {(e.kind, e.layers) for e in base_journal.skipped}
+    for entry in journal.skipped:
+        if entry.kind == "merge" and (entry.kind, entry.layers) not in known:
+            return entry.detail
+    return "no linear layer on both sides to merge with"
+
+
+def _neighbours(graph, names):
+    """`{name: {name, ...}}`: activations joined by a chain of linear
+    layers (the run their joint linearization could make)."""
+    readers = graph.consumers()
+    by_node = {
+        n.id: n.layer.name
+        for n in graph.layer_nodes()
+        if kinds.is_collapsible(n.layer) and n.layer.name in names
+    }
+    links = {name: set() for name in names}
+    for node_id, name in by_node.items():
+        stack = [Ref(node_id)]
+        seen = set()
+        while stack:
+            ref = stack.pop()
+            for reader in readers.get(ref, []):
+                if reader is None or reader.id in seen:
+                    continue
+                seen.add(reader.id)
+                other = by_node.get(reader.id)
+                if other is not None:
+                    if other != name:
+                        links[name].add(other)
+                        links[other].add(name)
+                elif kinds.is_linear_op(reader.layer) and len(reader.input_refs) == 1:
+                    stack.append(Ref(reader.id))
+    return links
+
+
+def _connected_groups(names, neighbours, size):
+    """Groups of `size` names, connected through `neighbours`, in order."""
+    order = {n: i for i, n in enumerate(names)}
+    frontier = {(n,) for n in names}
+    for _ in range(size - 1):
+        grown = set()
+        for group in frontier:
+            for member in group:
+                for other in neighbours.get(member, ()):
+                    if other not in group:
+                        grown.add(tuple(sorted((*group, other), key=order.get)))
+        frontier = grown
+    return sorted(frontier, key=lambda g: [order[n] for n in g])
