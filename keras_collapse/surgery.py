@@ -43,11 +43,13 @@ def surgery(
     4. merges runs of linear layers (Dense∘Dense, Conv∘Conv, depthwise∘1x1,
        1x1∘depthwise, ...) where the merged layer costs no more than the run
        (`cost_model`), and absorbs identity / 1x1 residual `Add`s into the
-       merged kernel;
+       merged kernel; a merge's border-aware bias is read from a constant
+       channel the conv's input producer emits (`passes/bias_channels`), or
+       else kept as a layer;
     5. turns the remaining collapsible activations back into plain Keras
        layers (ReLU, PReLU, Activation; a partial blend into Activation,
-       Rescaling and Add), and a border-aware bias into a `Rescaling` offset,
-       so the result loads with plain Keras, in a process that never imports
+       Rescaling and Add), and a remaining border-aware bias into a
+       `Rescaling` offset, so the result loads with plain Keras, in a process that never imports
        keras_collapse; a pattern a backend is known to compile wrongly is
        emitted in an equivalent form it computes right (`passes/safe_forms`);
     6. keeps the model's outside: input and output names, output dtypes.

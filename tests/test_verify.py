@@ -173,7 +173,8 @@ class TestMixedPrecision(TestCase):
     def test_a_wrong_result_is_still_caught(self, monkeypatch):
         keras.config.set_dtype_policy("mixed_float16")
         model = _bn_cnn()
-        real = surgery_module.fold_batchnorms
+        pipeline = sys.modules["keras_collapse.passes.pipeline"]
+        real = pipeline.fold_batchnorms
 
         def broken(graph, journal):
             done = real(graph, journal)
@@ -182,7 +183,7 @@ class TestMixedPrecision(TestCase):
                     node.weights = [w * 1.1 for w in node.weights]
             return done
 
-        monkeypatch.setattr(surgery_module, "fold_batchnorms", broken)
+        monkeypatch.setattr(pipeline, "fold_batchnorms", broken)
         with pytest.raises(kc.VerificationError, match="float32 copy"):
             kc.surgery(model)
 

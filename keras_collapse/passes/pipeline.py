@@ -2,6 +2,7 @@
 and its dry runs (`keras_collapse.units`) apply the same rules."""
 
 from keras_collapse.passes.batchnorm import fold_batchnorms
+from keras_collapse.passes.bias_channels import absorb_bias_maps
 from keras_collapse.passes.dead_channels import remove_dead_channels
 from keras_collapse.passes.identities import remove_identities
 from keras_collapse.passes.merge import merge_runs
@@ -13,8 +14,9 @@ MAX_ROUNDS = 8
 
 
 def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels=True):
-    """Removes identities, folds BatchNormalization, cuts dead channels and
-    merges linear runs and residuals, in place. The graph still holds
+    """Removes identities, folds BatchNormalization, cuts dead channels,
+    merges linear runs and residuals and carries border-aware biases in
+    constant channels, in place. The graph still holds
     collapsible activations (their plain form is emission, not algebra).
     Running it again on its own result changes nothing."""
     remove_identities(graph, journal)
@@ -27,3 +29,4 @@ def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels
             changed += absorb_residuals(graph, journal)
             if not changed:
                 break
+        absorb_bias_maps(graph, journal)
