@@ -49,8 +49,8 @@ def surgery(
     5. turns the remaining collapsible activations back into plain Keras
        layers (ReLU, PReLU, Activation; a partial blend into Activation,
        Rescaling and Add), and a remaining border-aware bias into a
-       `Rescaling` offset, so the result loads with plain Keras, in a process that never imports
-       keras_collapse; a pattern a backend is known to compile wrongly is
+       `Rescaling` offset, so the result loads with plain Keras, in a
+       process that never imports keras_collapse; a pattern a backend is known to compile wrongly is
        emitted in an equivalent form it computes right (`passes/safe_forms`);
     6. keeps the model's outside: input and output names, output dtypes.
 
