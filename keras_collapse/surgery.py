@@ -50,8 +50,9 @@ def surgery(
        layers (ReLU, PReLU, Activation; a partial blend into Activation,
        Rescaling and Add), and a remaining border-aware bias into a
        `Rescaling` offset, so the result loads with plain Keras, in a
-       process that never imports keras_collapse; a pattern a backend is known to compile wrongly is
-       emitted in an equivalent form it computes right (`passes/safe_forms`);
+       process that never imports keras_collapse; a pattern a backend is
+       known to compile wrongly is emitted in an equivalent form it computes
+       right (`passes/safe_forms`);
     6. keeps the model's outside: input and output names, output dtypes.
 
     Args:
