@@ -168,6 +168,8 @@ def test_comparison_benchmark_on_digits(tmp_path):
     [
         ("training_overhead.py", ["--rounds", "1"]),
         ("cost_models.py", ["--cases", "d", "--repeats", "2"]),
+        ("bias_maps.py", ["--repeats", "2"]),
+        ("merge_units_time.py", ["--runs", "1"]),
     ],
 )
 def test_per_backend_benchmarks_run(tmp_path, script, args):
