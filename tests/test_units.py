@@ -239,6 +239,39 @@ class TestObjective(TestCase):
         self.fit(latency)
         assert latency.linearized == ["fc_act"]
 
+    def test_per_decision_takes_several_units_at_once(self):
+        def two_units():
+            # Two Dense∘Dense units after the pooling: fc_act and fc2_act.
+            model = both()
+            h = kc.CollapsibleActivation(alpha_regularizer=None, name="fc2_act")(
+                keras.layers.Dense(8, name="fc_mid")(model.get_layer("fc_act").output)
+            )
+            model = keras.Model(model.input, keras.layers.Dense(3, name="out")(h))
+            model.compile("sgd", "mse")
+            return model
+
+        x = self.random_inputs((32, 8, 8, 4))
+        y = self.random_inputs((32, 3), seed=1)
+        scores = {"inner": 0.1, "fc_act": 0.5, "fc2_act": 0.7}
+        for objective, expected in (
+            ("depth", ["fc_act", "fc2_act"]),
+            ("activations", ["inner", "fc_act"]),
+        ):
+            callback = kc.LinearizationCallback(
+                _Fixed(scores),
+                interval=1,
+                ramp_epochs=0,
+                tolerance=1e9,
+                objective=objective,
+                per_decision=2,
+                verbose=0,
+            )
+            two_units().fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+            first = next(e for e in callback.events if e["action"] == "linearized")
+            assert first["layers"] == expected
+        with pytest.raises(ValueError, match="per_decision"):
+            kc.TLCCallback(per_decision=0)
+
     def test_unknown_objective_lists_the_choices(self):
         for make in (
             lambda: self.engine("speed"),

@@ -184,6 +184,10 @@ class LinearizationCallback(keras.callbacks.Callback):
         cost_model: the surgery's cost model, for the merge units and the
             "latency" objective (`MacCostModel`, or a measured one).
             Defaults to `None`: `MacCostModel()`.
+        per_decision: int >= 1, the candidates (activations, or merge units
+            with "depth" / "latency") linearized at one decision, judged and
+            rolled back together; the scorer's `also_take` comes on top.
+            Defaults to `1` (the papers' pace).
     """
 
     method = "LinearizationCallback"  # the name in lines and warnings
@@ -211,6 +215,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         objective="activations",
         exact=True,
         cost_model=None,
+        per_decision=1,
     ):
         super().__init__()
         self.scorer = as_scorer(scorer)
@@ -222,8 +227,10 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`cost_model` must be callable as cost_model(kind, kernel_shape, "
                 f"output_positions), or None. Received: {cost_model!r}"
             )
+        check_int("per_decision", per_decision, 1)
         self.exact = exact
         self.cost_model = cost_model
+        self.per_decision = per_decision
         check_int("warmup_epochs", warmup_epochs, 1)
         check_int("interval", interval, 1)
         check_int("ramp_epochs", ramp_epochs, 0)
@@ -432,16 +439,15 @@ class LinearizationCallback(keras.callbacks.Callback):
             # A negative score (the loss falls) is better with more gain.
             return (total / gain if total >= 0 else total * gain, -gain)
 
-        usable = [u for u in units if len(u.activations) <= room]
-        if not usable:
-            return []
-        best = min(usable, key=key)
-        names = list(best.activations)
+        names, taken = [], 0
         extra = {s.pair.activation.name for s in self.scorer.also_take(ranked)}
-        for unit in sorted(usable, key=key):
-            fits = len(names) + len(unit.activations) <= room
-            if fits and set(unit.activations) <= extra - set(names):
+        for unit in sorted(units, key=key):
+            members = set(unit.activations)
+            if len(names) + len(members) > room or members & set(names):
+                continue
+            if taken < self.per_decision or members <= extra:
                 names += unit.activations
+                taken += 1
         return [by_name[n] for n in names]
 
     def _with_off(self, unit, by_name):
@@ -579,7 +585,8 @@ class LinearizationCallback(keras.callbacks.Callback):
             else self.max_layers - len(self.linearized)
         )
         if units is None:
-            chosen = [ranked[0], *self.scorer.also_take(ranked)]
+            first = ranked[: self.per_decision]
+            chosen = first + [s for s in self.scorer.also_take(ranked) if s not in first]
             chosen = chosen[: room if room != math.inf else None]
         else:
             chosen = self._pick_unit(ranked, units, room)
