@@ -105,6 +105,7 @@ def make_run(method, objective, args, base, train, val):
         interval=args.interval,
         ramp_epochs=args.ramp_epochs,
         objective=objective,
+        per_decision=args.per_decision,
     )
     if method == "LayerCollapse":
         model = kc.make_collapsible(
@@ -399,6 +400,12 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--interval", type=int, default=1)
     parser.add_argument("--ramp-epochs", type=int, default=0)
+    parser.add_argument(
+        "--per-decision",
+        type=int,
+        default=1,
+        help="activations (or merge units) a callback changes per decision",
+    )
     parser.add_argument("--factor", type=float, default=5.0)
     parser.add_argument("--lock-tolerance", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -451,7 +458,8 @@ def main(argv=None):
             f"settings: {vars(args)}",
             f"every fine-tuning run trains {args.finetune_epochs} epochs after the "
             f"base's {args.base_epochs}; callbacks: warmup {args.warmup}, interval "
-            f"{args.interval}, ramp {args.ramp_epochs}; LayerCollapse: "
+            f"{args.interval}, ramp {args.ramp_epochs}, per decision "
+            f"{args.per_decision}; LayerCollapse: "
             f"LinearityRegularizer({args.factor}), lock_near_linear("
             f"{args.lock_tolerance})",
             "latency: surgery result vs the BN-folded base, median of "

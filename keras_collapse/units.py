@@ -29,6 +29,7 @@ from keras_collapse.passes import rewrite
 from keras_collapse.passes.journal import Journal
 from keras_collapse.passes.merge import NOMINAL_SIZE
 from keras_collapse.passes.pipeline import simplify
+from keras_collapse.report.table import _table
 
 OBJECTIVES = ("activations", "depth", "latency")
 
@@ -147,31 +148,28 @@ class MergeUnits:
         )
 
     def table(self):
-        """The units as a plain-text table."""
-        rows = [("activations", "layers", "depth", "params", "MACs", "latency")]
-        for u in self.units:
-            rows.append(
-                (
-                    ", ".join(u.activations),
-                    str(u.layers),
-                    str(u.depth),
-                    f"{u.params:,}",
-                    f"{u.macs:,}",
-                    f"{u.latency:,.0f}",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
-
-    def __str__(self):
+        """The units as a plain-text table, headed by a summary line."""
         head = (
             f"{len(self.units)} merge unit(s) over {len(self.candidates)} "
             f"activation(s) ({'exact' if self.exact else 'inexact'} surgery, "
             f"{self.dry_runs} dry runs, {self.seconds:.2f} s)"
         )
-        return head + ("\n" + self.table() if self.units else "")
+        rows = [
+            (
+                ", ".join(u.activations),
+                u.layers,
+                u.depth,
+                f"{u.params:,}",
+                f"{u.macs:,}",
+                f"{u.latency:,.0f}",
+            )
+            for u in self.units
+        ]
+        header = ("Activations", "Layers", "Depth", "Params", "MACs", "Latency")
+        return _table(head, header, rows, "<>>>>>")
+
+    def __str__(self):
+        return self.table()
 
 
 class DryRun:
@@ -216,13 +214,14 @@ class DryRun:
         self.runs += 1
         graph = self.base.copy()
         names, off = set(names), off or {}
-        zeroed = False
+        zeroed, self.replaced = False, 0
         for node in graph.layer_nodes():
             if kinds.is_collapsible(node.layer) and node.layer.name in names:
                 mask = off.get(node.layer.name)
                 if mask is not None and np.any(mask):
                     zeroed |= _zero_input_channels(graph, node, np.asarray(mask, bool))
                 node.layer = keras.layers.Identity(name=node.layer.name)
+                self.replaced += 1  # a shared activation: one per call
         journal = Journal()
         # The base has its dead channels cut already: only new zeros (`off`)
         # give that pass something to do.
@@ -247,7 +246,7 @@ class DryRun:
         )
         unit = MergeUnit(
             activations=tuple(names),
-            layers=base.layers - cost.layers - len(names),
+            layers=base.layers - cost.layers - self.replaced,
             depth=base.depth - cost.depth,
             params=base.params - cost.params,
             macs=base.macs - cost.macs,
