@@ -586,7 +586,9 @@ class LinearizationCallback(keras.callbacks.Callback):
         )
         if units is None:
             first = ranked[: self.per_decision]
-            chosen = first + [s for s in self.scorer.also_take(ranked) if s not in first]
+            chosen = first + [
+                s for s in self.scorer.also_take(ranked) if s not in first
+            ]
             chosen = chosen[: room if room != math.inf else None]
         else:
             chosen = self._pick_unit(ranked, units, room)
