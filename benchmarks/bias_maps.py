@@ -1,4 +1,4 @@
-"""The emitted form of a fully collapsed MobileNetV2-style net vs its ceiling.
+"""The forms of a fully collapsed MobileNetV2-style net vs its ceiling.
 
     KERAS_BACKEND=torch .venv/bin/python benchmarks/bias_maps.py
     .venv/bin/python benchmarks/bias_maps.py --backends jax,tensorflow,torch \\
@@ -7,13 +7,15 @@
 Every merged block of case (a) of `benchmarks/latency.py` (all 10 blocks
 linear) needs a border-aware bias. Timed side by side in one process
 (`measure_latency`, batch 1 and 64), as ratios over the BN-folded input:
-- emitted: `surgery(model)`, the bias carried by a constant input channel
-  of each merged conv (`passes/bias_channels`);
-- bias layers: the previous form, each bias map a `Rescaling` offset layer
-  after its conv (the surgery with that pass off);
-- ceiling: the bias layers form with the bias layers dropped, plain convs of
-  the same shapes: what the merged net would cost if its bias were uniform
-  (it computes something else: only its time is meaningful).
+- bias layers (MACs): `surgery(model)`; by MACs a bias layer is free, so each
+  border-aware bias stays a `Rescaling` offset layer after its conv;
+- constant channels: every bias read from a constant input channel of its
+  conv instead (`passes/bias_channels`), forced by a cost model that prices
+  each layer far above any MAC;
+- measured b1: `surgery(model, cost_model=MeasuredCostModel(batch_size=1))`,
+  which picks per bias what is faster on this backend at batch 1;
+- ceiling: the bias-layer form with the bias layers dropped, plain convs of
+  the same shapes (it computes something else: only its time is meaningful).
 """
 
 import argparse
@@ -35,27 +37,22 @@ def forms():
     import keras_collapse as kc
     from keras_collapse.graph import Graph
     from keras_collapse.layers.bias_map import is_bias_map
-    from keras_collapse.passes import pipeline
 
     model = models.mobilenet_v2_style(lock="all")
-    emitted = kc.surgery(model)
-    original = pipeline.absorb_bias_maps
-    pipeline.absorb_bias_maps = lambda graph, journal: 0
-    try:
-        layered = kc.surgery(model)
-    finally:
-        pipeline.absorb_bias_maps = original
+    layered = kc.surgery(model)  # by MACs, a bias layer is free: kept
+    channels = kc.surgery(model, cost_model=kc.MacCostModel(layer_overhead=1e12))
+    measured = kc.surgery(model, cost_model=kc.MeasuredCostModel(batch_size=1))
     # The ceiling: the same graph with the bias layers bypassed.
     graph = Graph.from_model(layered)
     for node in graph.layer_nodes():
         if is_bias_map(node.layer):
             graph.bypass(node)
-    ceiling = graph.to_model(name="ceiling")
     return {
         "BN-folded": kc.surgery(model, merge=False, cut_dead_channels=False),
-        "emitted": emitted,
-        "bias layers": layered,
-        "ceiling": ceiling,
+        "bias layers (MACs)": layered,
+        "constant channels": channels,
+        "measured b1": measured,
+        "ceiling": graph.to_model(name="ceiling"),
     }
 
 
@@ -92,7 +89,13 @@ def results_table(rows):
 def combined_table(collected):
     header = ["form", *[f"{b} b1/b64" for b in collected]]
     lines = []
-    for form in ("BN-folded", "emitted", "bias layers", "ceiling"):
+    for form in (
+        "BN-folded",
+        "bias layers (MACs)",
+        "constant channels",
+        "measured b1",
+        "ceiling",
+    ):
         cells = [form]
         for rows in collected.values():
             row = next((r for r in rows if r["form"] == form), None)
@@ -107,9 +110,10 @@ def combined_table(collected):
 
 LEGEND = (
     "ratio: BN-folded time / form time, median of {repeats} interleaved repeats "
-    "(> 1: faster than the BN-folded input). emitted = what surgery returns; "
-    "bias layers = the same merges with each border-aware bias as a Rescaling "
-    "layer; ceiling = plain convs of the merged shapes."
+    "(> 1: faster than the BN-folded input). bias layers = surgery(model), each "
+    "border-aware bias a Rescaling layer; constant channels = each read from a "
+    "constant input channel; measured b1 = the measured cost model's choice; "
+    "ceiling = plain convs of the merged shapes."
 )
 
 

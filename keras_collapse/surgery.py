@@ -44,8 +44,9 @@ def surgery(
        1x1∘depthwise, ...) where the merged layer costs no more than the run
        (`cost_model`), and absorbs identity / 1x1 residual `Add`s into the
        merged kernel; a merge's border-aware bias is read from a constant
-       channel the conv's input producer emits (`passes/bias_channels`), or
-       else kept as a layer;
+       channel the conv's input producer emits (`passes/bias_channels`)
+       where the cost model prices that below a bias layer, else kept as a
+       layer;
     5. turns the remaining collapsible activations back into plain Keras
        layers (ReLU, PReLU, Activation; a partial blend into Activation,
        Rescaling and Add), and a remaining border-aware bias into a

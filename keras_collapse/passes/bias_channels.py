@@ -7,9 +7,10 @@ merged conv (`layers/bias_map`). When the conv's input comes from a Conv or
 Dense that can emit one more channel equal to 1 everywhere (a zero kernel
 column and a bias of 1, through activations that map 1 to 1), the merged conv
 reads that channel with kernel `c`: its own "same" zero padding then sums `c`
-over exactly the taps inside, and the layer goes. A few MACs per position
-buy one layer less (what PyTorch eager pays per layer is far more) and one
-full pass over the tensor less.
+over exactly the taps inside, and the layer goes. A few MACs per position buy
+one layer less: a win where each layer has a fixed cost (PyTorch eager at
+batch 1), a loss where an odd channel count slows the convs (XLA), so the
+cost model decides (`MeasuredCostModel` measures both; MACs keep the layer).
 """
 
 import math
@@ -21,16 +22,20 @@ from keras_collapse.graph import Ref
 from keras_collapse.layers.bias_map import is_bias_map
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
+from keras_collapse.passes.merge import NOMINAL_SIZE
 
 # Activations that may sit between the constant channel's source and the
 # merged conv: each must map 1 to 1 on every channel (checked numerically).
 _PASS_THROUGH = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.Activation)
 
 
-def absorb_bias_maps(graph, journal):
+def absorb_bias_maps(graph, journal, cost_model):
     """Replaces each bias-map layer after a "same" conv by a constant input
-    channel of that conv, where its input's producer can emit one. Returns
-    the number of layers removed."""
+    channel of that conv, where its input's producer can emit one and the
+    cost model prices the two wider layers below the two layers and the bias
+    layer (`cost_model.layer_overhead` for the layer; by MACs alone the
+    bias layer is free, so `MacCostModel()` keeps it). Returns the number of
+    layers removed."""
     removed = 0
     for node in graph.layer_nodes():
         if node.id not in graph.nodes or not is_bias_map(node.layer):
@@ -55,6 +60,14 @@ def absorb_bias_maps(graph, journal):
             continue
         taps, uniform = solved
         source, between = chain
+        if not _pays(source, conv, cost_model):
+            journal.skip(
+                "bias_channel",
+                [node.layer.name],
+                "a constant channel costs more than the bias layer under the "
+                "cost model",
+            )
+            continue
         _add_constant_channel(graph, source, between)
         kernel = np.concatenate([kernel, taps[..., None, :]], axis=-2)
         weights = [rewrite.cast_like(w, conv.layer) for w in (kernel, bias + uniform)]
@@ -67,6 +80,27 @@ def absorb_bias_maps(graph, journal):
         )
         removed += 1
     return removed
+
+
+def _pays(source, conv, cost_model):
+    """Whether one more output channel of `source` and one more input
+    channel of `conv` cost less than the bias layer they replace."""
+
+    def cost(node, extra_in=0, extra_out=0):
+        kernel, _ = rewrite.kernel_and_bias(node)
+        *taps, channels, out = kernel.shape
+        if kinds.is_dense(node.layer):
+            taps, kind = [], "dense"
+        else:
+            kind = "conv"
+        positions = math.prod(
+            NOMINAL_SIZE if d is None else d for d in node.shape[1:-1]
+        )
+        shape = (*taps, channels + extra_in, out + extra_out)
+        return cost_model(kind, shape, positions)
+
+    before = cost(source) + cost(conv) + float(getattr(cost_model, "layer_overhead", 0))
+    return cost(source, extra_out=1) + cost(conv, extra_in=1) < before
 
 
 def _is_plain_same_conv(node):

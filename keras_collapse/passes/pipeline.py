@@ -29,4 +29,4 @@ def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels
             changed += absorb_residuals(graph, journal)
             if not changed:
                 break
-        absorb_bias_maps(graph, journal)
+        absorb_bias_maps(graph, journal, cost_model)

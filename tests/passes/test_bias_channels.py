@@ -34,10 +34,15 @@ def merged_block(source="conv", strides=1, activation="relu", shared_axes="all")
     return keras.Model(inputs, layers.Conv2D(2, 1, name="head")(h))
 
 
+# A cost model that prices every layer far above any MAC: the constant channel
+# always pays. By MACs alone (the default) a bias layer is free and stays.
+PER_LAYER = kc.MacCostModel(layer_overhead=1e9)
+
+
 class TestBiasChannels(TestCase):
-    def collapse(self, model):
+    def collapse(self, model, cost_model=PER_LAYER):
         x = self.random_inputs((3, 9, 9, 3), seed=1, scale=2.0)
-        small, report = kc.surgery(model, return_report=True)
+        small, report = kc.surgery(model, return_report=True, cost_model=cost_model)
         self.assert_close(small(x), model(x), atol=1e-4)
         return small, report
 
@@ -53,6 +58,12 @@ class TestBiasChannels(TestCase):
         assert small.get_layer("source").get_weights()[0].shape[-1] == 6
         # pointwise, spatial and head merged into one 3x3 conv.
         assert tuple(small.layers[-1].kernel.shape) == (3, 3, 5 + 1, 2)
+
+    def test_by_macs_alone_the_bias_layer_stays(self):
+        small, report = self.collapse(merged_block("conv"), cost_model=None)
+        assert report.count("bias_channel") == 0
+        assert sum(is_bias_map(layer) for layer in small.layers) == 1
+        assert any("costs more" in e.detail for e in report.skipped)
 
     def test_without_a_source_the_bias_map_stays(self):
         small, report = self.collapse(merged_block(source=None, activation=None))
@@ -80,7 +91,7 @@ class TestBiasChannels(TestCase):
 
         model = models.mobilenet_v2_style(lock="all")
         x = self.random_inputs((2, *model.input_shape[1:]))
-        small, report = kc.surgery(model, return_report=True)
+        small, report = kc.surgery(model, return_report=True, cost_model=PER_LAYER)
         self.assert_close(small(x), model(x), atol=1e-4, rtol=1e-4)
         assert report.count("bias_channel") == 10
         assert not any(is_bias_map(layer) for layer in small.layers)
