@@ -7,8 +7,10 @@
 A 4-block Conv/BN/ReLU CNN on scikit-learn's digits upsampled to 32x32,
 batch 64, trained as three models with the same weights in one process:
 the plain ReLU model, `make_collapsible(model)` (every ReLU a
-`CollapsibleActivation`) and the same net written with `CollapsiblePReLU`
-layers. One untimed epoch each (compilation), then `--rounds` rounds of one
+`CollapsibleActivation`), the same net written with `CollapsiblePReLU`
+layers, and `make_collapsible(model)` with the layer's call as it was before
+issue 12 ("previous form"; JAX and TensorFlow trace it at the first fit, with
+the swap in place). One untimed epoch each (compilation), then `--rounds` rounds of one
 epoch per model, in an order that rotates between rounds; the table gives the
 median epoch time of each and its ratio to the ReLU model's.
 """
@@ -53,6 +55,24 @@ def cnn(activation, filters=(16, 32, 32, 64)):
     return keras.Model(inputs, layers.Dense(10)(x))
 
 
+def previous_call(self, inputs, training=None):
+    """The layer's call before issue 12, for comparison: the infinity guard
+    and the lock applied to the whole tensor, in training too."""
+    from keras import ops
+
+    act = self._activation_fn(inputs, **self.activation_kwargs)
+    blended = act + self.alpha * (inputs - act)
+    limit = ops.where(
+        self.alpha == 0,
+        act,
+        ops.where(
+            self.alpha == 1, inputs, self.alpha * inputs + (1 - self.alpha) * act
+        ),
+    )
+    blended = ops.where(ops.isfinite(inputs), blended, limit)
+    return ops.where(self.linear_lock > 0.5, inputs, blended)
+
+
 def build_models():
     import keras
 
@@ -65,7 +85,13 @@ def build_models():
     for plain, other in zip(relu.layers, prelu.layers):  # the same conv/BN weights
         if plain.weights:
             other.set_weights(plain.get_weights())
-    models = {"ReLU": relu, "make_collapsible": converted, "CollapsiblePReLU": prelu}
+    previous = kc.make_collapsible(relu)
+    models = {
+        "ReLU": relu,
+        "make_collapsible": converted,
+        "CollapsiblePReLU": prelu,
+        "previous form": previous,
+    }
     for model in models.values():
         model.compile(
             keras.optimizers.SGD(0.01),
@@ -74,11 +100,23 @@ def build_models():
     return models
 
 
+def fit(label, model, x, y):
+    from keras_collapse.layers.collapsible_activation import CollapsibleActivation
+
+    current = CollapsibleActivation.call
+    if label == "previous form":  # torch runs eagerly: swapped for this fit
+        CollapsibleActivation.call = previous_call
+    try:
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    finally:
+        CollapsibleActivation.call = current
+
+
 def measure(rounds):
     x, y = digits_32()
     models = build_models()
-    for model in models.values():  # compilation and first-call work
-        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    for label, model in models.items():  # compilation and first-call work
+        fit(label, model, x, y)
     labels = list(models)
     times = {label: [] for label in labels}
     for r in range(rounds):
@@ -86,7 +124,7 @@ def measure(rounds):
         for label in labels[start:] + labels[:start]:
             gc.collect()
             began = time.perf_counter()
-            models[label].fit(x, y, batch_size=64, epochs=1, verbose=0)
+            fit(label, models[label], x, y)
             times[label].append(time.perf_counter() - began)
     seconds = {label: statistics.median(t) for label, t in times.items()}
     return [
