@@ -11,6 +11,7 @@ import os
 
 import keras
 
+from keras_collapse.checks import check_int
 from keras_collapse.report.latency import measure_latency
 
 
@@ -102,11 +103,8 @@ class MeasuredCostModel:
     _cache = {}  # per process: key -> microseconds
 
     def __init__(self, batch_size=1, repeats=15, cache_file=None):
-        for name, value in (("batch_size", batch_size), ("repeats", repeats)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{name}` must be an int >= 1. Received: {name}={value!r}"
-                )
+        check_int("batch_size", batch_size, 1)
+        check_int("repeats", repeats, 1)
         self.batch_size = batch_size
         self.repeats = repeats
         self.cache_file = cache_file

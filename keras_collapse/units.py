@@ -21,13 +21,15 @@ import time
 import keras
 import numpy as np
 
+from keras_collapse.checks import check_int
 from keras_collapse.cost_model import MacCostModel
 from keras_collapse.graph import Graph
 from keras_collapse.graph import Ref
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
 from keras_collapse.passes.journal import Journal
-from keras_collapse.passes.merge import NOMINAL_SIZE
+from keras_collapse.passes.merge import layer_kind
+from keras_collapse.passes.merge import positions
 from keras_collapse.passes.pipeline import simplify
 from keras_collapse.report.table import _table
 
@@ -209,19 +211,20 @@ class DryRun:
         return graph
 
     def run(self, names, off=None):
-        """`(Cost, Journal)` of the surgery with activations `names` linear
-        and, where `off` says, their always-OFF channels zeroed."""
+        """`(Cost, Journal, calls replaced)` of the surgery with activations
+        `names` linear and, where `off` says, their always-OFF channels
+        zeroed."""
         self.runs += 1
         graph = self.base.copy()
         names, off = set(names), off or {}
-        zeroed, self.replaced = False, 0
+        zeroed, replaced = False, 0
         for node in graph.layer_nodes():
             if kinds.is_collapsible(node.layer) and node.layer.name in names:
                 mask = off.get(node.layer.name)
                 if mask is not None and np.any(mask):
                     zeroed |= _zero_input_channels(graph, node, np.asarray(mask, bool))
                 node.layer = keras.layers.Identity(name=node.layer.name)
-                self.replaced += 1  # a shared activation: one per call
+                replaced += 1  # a shared activation: one per call
         journal = Journal()
         # The base has its dead channels cut already: only new zeros (`off`)
         # give that pass something to do.
@@ -232,12 +235,12 @@ class DryRun:
             exact=self.exact,
             cut_dead_channels=self.cut_dead_channels and zeroed,
         )
-        return Cost.of(graph, self.cost_model), journal
+        return Cost.of(graph, self.cost_model), journal, replaced
 
     def unit(self, names, off=None):
         """The `MergeUnit` of linearizing `names` together, with the merges
         it lets the surgery make; and the journal of the run."""
-        cost, journal = self.run(names, off)
+        cost, journal, replaced = self.run(names, off)
         base = self.base_cost
         merges = tuple(
             f"{e.kind}: {', '.join(e.layers)}"
@@ -246,7 +249,7 @@ class DryRun:
         )
         unit = MergeUnit(
             activations=tuple(names),
-            layers=base.layers - cost.layers - self.replaced,
+            layers=base.layers - cost.layers - replaced,
             depth=base.depth - cost.depth,
             params=base.params - cost.params,
             macs=base.macs - cost.macs,
@@ -279,7 +282,7 @@ class Cost:
         depth, macs, latency, params, seen = {}, 0, 0.0, 0, set()
         for node in graph.topological():
             below = max((depth[r.node] for r in node.input_refs), default=0)
-            kind = None if node.is_input else _kind(node.layer)
+            kind = None if node.is_input else layer_kind(node.layer)
             depth[node.id] = below + (kind is not None)
             if node.is_input:
                 continue
@@ -287,11 +290,9 @@ class Cost:
                 latency += overhead
             else:
                 shape = _kernel_shape(node)
-                positions = math.prod(
-                    NOMINAL_SIZE if d is None else d for d in node.shape[1:-1]
-                )
-                macs += math.prod(shape) * positions
-                latency += cost_model(kind, shape, positions)
+                count = positions(node.shape)
+                macs += math.prod(shape) * count
+                latency += cost_model(kind, shape, count)
             if kinds.is_collapsible(node.layer):
                 continue
             if node.weights is not None:
@@ -340,16 +341,6 @@ def _zero_input_channels(graph, node, mask):
         ],
     )
     return True
-
-
-def _kind(layer):
-    if kinds.is_depthwise(layer):
-        return "depthwise"
-    if kinds.is_dense(layer):
-        return "dense"
-    if kinds.is_conv(layer):
-        return "conv"
-    return None
 
 
 def _kernel_shape(node):
@@ -412,8 +403,7 @@ def merge_units(
     >>> found = keras_collapse.merge_units(model)
     >>> print(found)  # one row per unit: activations, layers, depth, MACs
     """
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise ValueError(f"`max_size` must be an int >= 1. Received: {max_size!r}")
+    check_int("max_size", max_size, 1)
     start = time.perf_counter()
     dry = DryRun(
         model, exact=exact, cost_model=cost_model, cut_dead_channels=cut_dead_channels

@@ -22,7 +22,8 @@ from keras_collapse.graph import Ref
 from keras_collapse.layers.bias_map import is_bias_map
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
-from keras_collapse.passes.merge import NOMINAL_SIZE
+from keras_collapse.passes.merge import layer_kind
+from keras_collapse.passes.merge import positions
 
 # Activations that may sit between the constant channel's source and the
 # merged conv: each must map 1 to 1 on every channel (checked numerically).
@@ -89,15 +90,10 @@ def _pays(source, conv, cost_model):
     def cost(node, extra_in=0, extra_out=0):
         kernel, _ = rewrite.kernel_and_bias(node)
         *taps, channels, out = kernel.shape
-        if kinds.is_dense(node.layer):
-            taps, kind = [], "dense"
-        else:
-            kind = "conv"
-        positions = math.prod(
-            NOMINAL_SIZE if d is None else d for d in node.shape[1:-1]
-        )
+        kind = layer_kind(node.layer)
+        taps = [] if kind == "dense" else taps
         shape = (*taps, channels + extra_in, out + extra_out)
-        return cost_model(kind, shape, positions)
+        return cost_model(kind, shape, positions(node.shape))
 
     before = cost(source) + cost(conv) + float(getattr(cost_model, "layer_overhead", 0))
     return cost(source, extra_out=1) + cost(conv, extra_in=1) < before

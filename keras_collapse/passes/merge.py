@@ -229,24 +229,31 @@ def compose(a, b, b_input_shape, exact):
     )
 
 
-def _positions(shape):
+def positions(shape):
+    """Output positions per sample, as cost models take them (unknown sizes
+    priced as `NOMINAL_SIZE`)."""
     return math.prod(NOMINAL_SIZE if d is None else d for d in shape[1:-1])
 
 
+def layer_kind(layer):
+    """The cost-model kind of a Conv/Depthwise/Dense layer, else None."""
+    if kinds.is_depthwise(layer):
+        return "depthwise"
+    if kinds.is_dense(layer):
+        return "dense"
+    if kinds.is_conv(layer):
+        return "conv"
+    return None
+
+
 def _original_cost(node, cost_model):
-    layer = node.layer
-    kind = (
-        "depthwise"
-        if kinds.is_depthwise(layer)
-        else ("dense" if kinds.is_dense(layer) else "conv")
-    )
     kernel, _ = rewrite.kernel_and_bias(node)
-    return cost_model(kind, kernel.shape, _positions(node.shape))
+    return cost_model(layer_kind(node.layer), kernel.shape, positions(node.shape))
 
 
 def _merged_cost(op, out_shape, cost_model):
     kind = "conv" if op.rank else "dense"
-    return cost_model(kind, op.kernel_shape, _positions(out_shape))
+    return cost_model(kind, op.kernel_shape, positions(out_shape))
 
 
 def find_runs(graph):
