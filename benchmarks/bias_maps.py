@@ -7,15 +7,17 @@
 Every merged block of case (a) of `benchmarks/latency.py` (all 10 blocks
 linear) needs a border-aware bias. Timed side by side in one process
 (`measure_latency`, batch 1 and 64), as ratios over the BN-folded input:
-- bias layers (MACs): `surgery(model)`; by MACs a bias layer is free, so each
-  border-aware bias stays a `Rescaling` offset layer after its conv;
+- surgery (default): `surgery(model)`; each border-aware bias carried forward
+  into the next one (`passes/bias_push`): one `Rescaling` offset layer is
+  left, before the head's ReLU;
+- a layer per bias: the form before `bias_push` (each bias a `Rescaling`
+  layer after its conv), the pass switched off for this row;
 - constant channels: every bias read from a constant input channel of its
   conv instead (`passes/bias_channels`), forced by a cost model that prices
-  each layer far above any MAC;
-- measured b1: `surgery(model, cost_model=MeasuredCostModel(batch_size=1))`,
-  which picks per bias what is faster on this backend at batch 1;
-- ceiling: the bias-layer form with the bias layers dropped, plain convs of
-  the same shapes (it computes something else: only its time is meaningful).
+  each layer far above any MAC, with `bias_push` off;
+- measured b1: `surgery(model, cost_model=MeasuredCostModel(batch_size=1))`;
+- ceiling: the default form with its bias layers dropped, plain convs of the
+  same shapes (it computes something else: only its time is meaningful).
 """
 
 import argparse
@@ -37,19 +39,27 @@ def forms():
     import keras_collapse as kc
     from keras_collapse.graph import Graph
     from keras_collapse.layers.bias_map import is_bias_map
+    from keras_collapse.passes import pipeline
 
     model = models.mobilenet_v2_style(lock="all")
-    layered = kc.surgery(model)  # by MACs, a bias layer is free: kept
-    channels = kc.surgery(model, cost_model=kc.MacCostModel(layer_overhead=1e12))
+    default = kc.surgery(model)
     measured = kc.surgery(model, cost_model=kc.MeasuredCostModel(batch_size=1))
-    # The ceiling: the same graph with the bias layers bypassed.
-    graph = Graph.from_model(layered)
+    push = pipeline.push_bias_maps
+    pipeline.push_bias_maps = lambda graph, journal: 0  # the earlier forms
+    try:
+        layered = kc.surgery(model)  # by MACs, a bias layer is free: kept
+        channels = kc.surgery(model, cost_model=kc.MacCostModel(layer_overhead=1e12))
+    finally:
+        pipeline.push_bias_maps = push
+    # The ceiling: the default graph with its bias layers bypassed.
+    graph = Graph.from_model(default)
     for node in graph.layer_nodes():
         if is_bias_map(node.layer):
             graph.bypass(node)
     return {
         "BN-folded": kc.surgery(model, merge=False, cut_dead_channels=False),
-        "bias layers (MACs)": layered,
+        "surgery (default)": default,
+        "a layer per bias": layered,
         "constant channels": channels,
         "measured b1": measured,
         "ceiling": graph.to_model(name="ceiling"),
@@ -91,7 +101,8 @@ def combined_table(collected):
     lines = []
     for form in (
         "BN-folded",
-        "bias layers (MACs)",
+        "surgery (default)",
+        "a layer per bias",
         "constant channels",
         "measured b1",
         "ceiling",
@@ -110,8 +121,9 @@ def combined_table(collected):
 
 LEGEND = (
     "ratio: BN-folded time / form time, median of {repeats} interleaved repeats "
-    "(> 1: faster than the BN-folded input). bias layers = surgery(model), each "
-    "border-aware bias a Rescaling layer; constant channels = each read from a "
+    "(> 1: faster than the BN-folded input). surgery (default) = surgery(model), "
+    "the border-aware biases carried forward into one Rescaling layer; a layer "
+    "per bias = the form before that; constant channels = each read from a "
     "constant input channel; measured b1 = the measured cost model's choice; "
     "ceiling = plain convs of the merged shapes."
 )

@@ -7,10 +7,15 @@
 A 4-block Conv/BN/ReLU CNN on scikit-learn's digits upsampled to 32x32,
 batch 64, trained as three models with the same weights in one process:
 the plain ReLU model, `make_collapsible(model)` (every ReLU a
-`CollapsibleActivation`), the same net written with `CollapsiblePReLU`
-layers, and `make_collapsible(model)` with the layer's call as it was before
-issue 12 ("previous form"; JAX and TensorFlow trace it at the first fit, with
-the swap in place). One untimed epoch each (compilation), then `--rounds` rounds of one
+`CollapsibleActivation`, its slope frozen: no regularizer), the same net
+written with `CollapsiblePReLU` layers, `make_collapsible(model,
+trainable_alpha=True)` (the slopes trained as a PReLU's: what LayerCollapse
+pays), and that model with the layer's call as it was before issue 12
+("previous form"; JAX and TensorFlow trace it at the first epoch, with the
+swap in place), and a second copy of the ReLU model (what the timing's noise
+alone gives). An epoch is one `train_on_batch` per batch: `fit` on TensorFlow
+adds a per-call stall of up to a second that has nothing to do with the
+model (epochs of any model there take either ~1.7 s or 2.6 s). One untimed epoch each (compilation), then `--rounds` rounds of one
 epoch per model, in an order that rotates between rounds; the table gives the
 median epoch time of each and its ratio to the ReLU model's.
 """
@@ -85,12 +90,15 @@ def build_models():
     for plain, other in zip(relu.layers, prelu.layers):  # the same conv/BN weights
         if plain.weights:
             other.set_weights(plain.get_weights())
-    previous = kc.make_collapsible(relu)
+    copy = keras.models.clone_model(relu)
+    copy.set_weights(relu.get_weights())
     models = {
         "ReLU": relu,
+        "ReLU, second copy": copy,
         "make_collapsible": converted,
         "CollapsiblePReLU": prelu,
-        "previous form": previous,
+        "trained slope": kc.make_collapsible(relu, trainable_alpha=True),
+        "previous form": kc.make_collapsible(relu, trainable_alpha=True),
     }
     for model in models.values():
         model.compile(
@@ -107,7 +115,8 @@ def fit(label, model, x, y):
     if label == "previous form":  # torch runs eagerly: swapped for this fit
         CollapsibleActivation.call = previous_call
     try:
-        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+        for i in range(0, len(x), 64):
+            model.train_on_batch(x[i : i + 64], y[i : i + 64])
     finally:
         CollapsibleActivation.call = current
 
@@ -155,7 +164,7 @@ def combined_table(collected):
 
 LEGEND = (
     "epoch: median over {rounds} rounds of one training epoch (1,797 digits at "
-    "32x32, batch 64, SGD); ratio: over the plain ReLU model's epoch, measured "
+    "32x32, batch 64, SGD, one train_on_batch per batch); ratio: over the plain ReLU model's epoch, measured "
     "side by side in this process."
 )
 
@@ -173,7 +182,7 @@ def run_here(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds")
     add_run_options(parser)
     args = parser.parse_args()
     return dispatch(

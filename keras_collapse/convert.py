@@ -21,6 +21,7 @@ from keras_collapse.graph import keras_internals
 from keras_collapse.graph.ir import unrolled_prefix
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
+from keras_collapse.layers.collapsible_activation import check_trainable_alpha
 from keras_collapse.layers.collapsible_activation import resolve_activation
 from keras_collapse.passes import kinds
 
@@ -200,6 +201,7 @@ def make_collapsible(
     alpha_regularizer=None,
     shared_axes="all",
     fraction=None,
+    trainable_alpha=None,
 ):
     """Returns a new model whose chosen activations are collapsible.
 
@@ -257,6 +259,10 @@ def make_collapsible(
             graph's order, nearest the outputs). LayerCollapse collapses
             the deepest MLPs of a transformer first. Defaults to `None`
             (all).
+        trainable_alpha: `trainable_alpha` of the new layers: None trains
+            each `alpha` only when `alpha_regularizer` pulls it (a frozen
+            slope costs nothing in training until a callback moves it), True
+            always (as a PReLU's slope), False never. Defaults to `None`.
 
     Returns:
         A new `keras.Model`.
@@ -287,6 +293,7 @@ def make_collapsible(
             f"chosen activations to convert, deepest first. Received: "
             f"fraction={fraction!r}"
         )
+    check_trainable_alpha(trainable_alpha)
     graph = Graph.from_model(model)
     _warn_opaque(graph)
     wanted_kinds = _resolve_kinds(activations)
@@ -308,7 +315,11 @@ def make_collapsible(
     chosen = _whole_layers(graph, _collapsible_only(chosen))
     if fraction is not None:
         chosen = _deepest(graph, chosen, fraction)
-    _convert(graph, chosen, alpha_regularizer, shared_axes)
+    options = {
+        "alpha_regularizer": alpha_regularizer,
+        "trainable_alpha": trainable_alpha,
+    }
+    _convert(graph, chosen, options, shared_axes)
     return graph.to_model()
 
 
@@ -479,7 +490,7 @@ def _warn_opaque(graph):
 
 
 # ---------------------------------------------------------------- converting
-def _convert(graph, chosen, alpha_regularizer, shared_axes):
+def _convert(graph, chosen, options, shared_axes):
     names = _NameBook(graph, [n for n, _ in chosen if not is_fused_activation(n.layer)])
     replacements, linear_clones = {}, {}
     for node, spec in chosen:
@@ -492,7 +503,7 @@ def _convert(graph, chosen, alpha_regularizer, shared_axes):
                 base = f"{prefix}_{base}"  # as to_model names the sublayers
             name = names.take(base)
             replacements[id(source)] = _collapsible_layer(
-                source, spec, name, alpha_regularizer, shared_axes
+                source, spec, name, options, shared_axes
             )
         collapsible = replacements[id(source)]
         if fused:
@@ -506,8 +517,8 @@ def _convert(graph, chosen, alpha_regularizer, shared_axes):
             node.weights = [spec.alpha, np.zeros((), "float32")]
 
 
-def _collapsible_layer(source, spec, name, alpha_regularizer, shared_axes):
-    options = {"alpha_regularizer": alpha_regularizer, "name": name}
+def _collapsible_layer(source, spec, name, options, shared_axes):
+    options = {**options, "name": name}
     if isinstance(source, keras.layers.Layer):
         options["dtype"] = source.dtype_policy
     if spec.alpha is not None:

@@ -70,6 +70,13 @@ def bias_map_layer(bias_map, dtype=None, name=None):
     )
 
 
+def map_of(layer):
+    """The float64 map a bias-map layer (`is_bias_map`) adds."""
+    if type(layer) is keras.layers.Rescaling:
+        return np.asarray(layer.offset, dtype="float64")
+    return np.asarray(layer.get_weights()[0], dtype="float64")
+
+
 def is_bias_map(layer):
     """Whether a layer only adds a per-position map (`BiasMap`, or a
     `Rescaling` by 1 with an array offset)."""

@@ -54,6 +54,16 @@ def resolve_activation(activation, activation_kwargs=None):
     return name, fn, kwargs
 
 
+def check_trainable_alpha(value):
+    """Returns `value` if it is True, False or None; raises ValueError otherwise."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(
+            "`trainable_alpha` must be True, False or None (trained when a "
+            f"regularizer pulls it). Received: trainable_alpha={value!r}"
+        )
+    return value
+
+
 def _resolve_shared_axes(shared_axes):
     if shared_axes is None or shared_axes == "all":
         return shared_axes
@@ -70,7 +80,7 @@ def _resolve_shared_axes(shared_axes):
 
 @keras.saving.register_keras_serializable(package="keras_collapse")
 class CollapsibleActivation(keras.layers.Layer):
-    """An activation blended toward the identity by a trainable slope.
+    """An activation blended toward the identity by a slope `alpha`.
 
     `y = alpha * x + (1 - alpha) * act(x)`, computed as
     `act(x) + alpha * (x - act(x))`: `alpha = 0` is exactly the original
@@ -94,12 +104,19 @@ class CollapsibleActivation(keras.layers.Layer):
             (the original activation).
         alpha_regularizer: regularizer of `alpha`: `"linearity"` attaches
             `LinearityRegularizer()` (factor 0.2), the LayerCollapse pull
-            toward the identity, or pass any regularizer. None (the default)
-            pulls nowhere: the layer trains as a plain PReLU-like blend, so a
-            model that never collapses anything is not hurt (a pull moves
-            every slope, and BatchNormalization's moving statistics lag
-            behind it). Defaults to `None`.
+            toward the identity, or pass any regularizer (it makes `alpha`
+            trainable, see `trainable_alpha`). None (the default) pulls
+            nowhere, so a model that never collapses anything is not hurt (a
+            pull moves every slope, and BatchNormalization's moving
+            statistics lag behind it). Defaults to `None`.
         alpha_constraint: constraint of `alpha`. Defaults to `None`.
+        trainable_alpha: bool or None, whether the optimizer trains `alpha`.
+            None (the default) trains it when a regularizer pulls it
+            (LayerCollapse) and keeps it where it is otherwise: the
+            callbacks (TLC, EASIER, NEPENTHE) and `lock_linear` set it
+            themselves, and a frozen slope at 0 costs in training what the
+            activation alone costs. True trains it as a PReLU's slope.
+            Defaults to `None`.
         shared_axes: axes along which `alpha` is shared. `"all"` gives one
             scalar per layer (as in LayerCollapse, and the regularizer then
             weighs every layer alike); `None` one alpha per element (Keras'
@@ -126,6 +143,7 @@ class CollapsibleActivation(keras.layers.Layer):
         alpha_initializer="zeros",
         alpha_regularizer=None,
         alpha_constraint=None,
+        trainable_alpha=None,
         shared_axes="all",
         **kwargs,
     ):
@@ -139,6 +157,7 @@ class CollapsibleActivation(keras.layers.Layer):
             alpha_regularizer = LinearityRegularizer()
         self.alpha_regularizer = keras.regularizers.get(alpha_regularizer)
         self.alpha_constraint = keras.constraints.get(alpha_constraint)
+        self.trainable_alpha = check_trainable_alpha(trainable_alpha)
         self.shared_axes = _resolve_shared_axes(shared_axes)
 
     def build(self, input_shape):
@@ -169,6 +188,11 @@ class CollapsibleActivation(keras.layers.Layer):
             initializer=self.alpha_initializer,
             regularizer=self.alpha_regularizer,
             constraint=self.alpha_constraint,
+            trainable=(
+                self.alpha_regularizer is not None
+                if self.trainable_alpha is None
+                else self.trainable_alpha
+            ),
         )
         # 1.0 when locked linear. A variable, not a Python flag, so that a
         # change made during `fit` reaches the compiled train step.
@@ -181,6 +205,19 @@ class CollapsibleActivation(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         act = self._activation_fn(inputs, **self.activation_kwargs)
+        if self.alpha.trainable:
+            return self._blend(inputs, act, training)
+        # Nothing needs alpha's gradient: at rest (alpha 0, unlocked) the layer
+        # is its activation alone, and costs no more (torch eager runs every
+        # op of the blend; compiled backends fuse the branch away).
+        at_rest = ops.logical_and(
+            self.linear_lock < 0.5, ops.all(ops.equal(self.alpha, 0))
+        )
+        return ops.cond(
+            at_rest, lambda: act, lambda: self._blend(inputs, act, training)
+        )
+
+    def _blend(self, inputs, act, training):
         # The lock acts on alpha (a few numbers), not on the activations.
         alpha = ops.cast(self.alpha, act.dtype)
         alpha = ops.where(self.linear_lock > 0.5, ops.ones_like(alpha), alpha)
@@ -282,6 +319,7 @@ class CollapsibleActivation(keras.layers.Layer):
                     self.alpha_regularizer
                 ),
                 "alpha_constraint": keras.constraints.serialize(self.alpha_constraint),
+                "trainable_alpha": self.trainable_alpha,
                 "shared_axes": self.shared_axes,
             }
         )

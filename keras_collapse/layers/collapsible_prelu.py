@@ -20,6 +20,9 @@ class CollapsiblePReLU(CollapsibleActivation):
             `LinearityRegularizer()` (the LayerCollapse pull toward 1), None
             none. Defaults to `None`.
         alpha_constraint: constraint of `alpha`. Defaults to `None`.
+        trainable_alpha: None (trained when a regularizer pulls it, frozen
+            otherwise), True (trained as a PReLU's slope) or False. Defaults
+            to `None`.
         shared_axes: `"all"` (one scalar alpha), `None` (one per element, as
             Keras' `PReLU`), or the axes to share along. Defaults to `"all"`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
@@ -40,6 +43,7 @@ class CollapsiblePReLU(CollapsibleActivation):
         alpha_initializer="zeros",
         alpha_regularizer=None,
         alpha_constraint=None,
+        trainable_alpha=None,
         shared_axes="all",
         **kwargs,
     ):
@@ -48,6 +52,7 @@ class CollapsiblePReLU(CollapsibleActivation):
             alpha_initializer=alpha_initializer,
             alpha_regularizer=alpha_regularizer,
             alpha_constraint=alpha_constraint,
+            trainable_alpha=trainable_alpha,
             shared_axes=shared_axes,
             **kwargs,
         )

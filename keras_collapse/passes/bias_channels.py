@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_collapse.graph import Ref
 from keras_collapse.layers.bias_map import is_bias_map
+from keras_collapse.layers.bias_map import map_of
 from keras_collapse.passes import kinds
 from keras_collapse.passes import rewrite
 from keras_collapse.passes.merge import layer_kind
@@ -47,7 +48,7 @@ def absorb_bias_maps(graph, journal, cost_model):
             continue
         kernel, bias = rewrite.kernel_and_bias(conv)
         in_shape = graph.producer(conv.input_refs[0]).shape
-        solved = _taps_of(_map_of(node.layer), kernel.shape[:-2], conv, in_shape)
+        solved = _taps_of(map_of(node.layer), kernel.shape[:-2], conv, in_shape)
         if solved is None:
             continue
         chain = _constant_source(graph, conv.input_refs[0], readers)
@@ -108,12 +109,6 @@ def _is_plain_same_conv(node):
         and kinds.activation_name(layer.activation) == "linear"
         and len(node.input_refs) == 1
     )
-
-
-def _map_of(layer):
-    if type(layer) is keras.layers.Rescaling:
-        return np.asarray(layer.offset, dtype="float64")
-    return np.asarray(layer.get_weights()[0], dtype="float64")
 
 
 def _taps_of(bias_map, taps, conv, in_shape):

@@ -3,6 +3,7 @@ and its dry runs (`keras_collapse.units`) apply the same rules."""
 
 from keras_collapse.passes.batchnorm import fold_batchnorms
 from keras_collapse.passes.bias_channels import absorb_bias_maps
+from keras_collapse.passes.bias_push import push_bias_maps
 from keras_collapse.passes.dead_channels import remove_dead_channels
 from keras_collapse.passes.identities import remove_identities
 from keras_collapse.passes.merge import merge_runs
@@ -15,8 +16,9 @@ MAX_ROUNDS = 8
 
 def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels=True):
     """Removes identities, folds BatchNormalization, cuts dead channels,
-    merges linear runs and residuals and carries border-aware biases in
-    constant channels, in place. The graph still holds
+    merges linear runs and residuals, carries border-aware biases in
+    constant channels (where the cost model says so) or forward into later
+    ones or into biases, in place. The graph still holds
     collapsible activations (their plain form is emission, not algebra).
     Running it again on its own result changes nothing."""
     remove_identities(graph, journal)
@@ -29,4 +31,7 @@ def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels
             changed += absorb_residuals(graph, journal)
             if not changed:
                 break
+        # Constant channels where the cost model prefers them to a layer; the
+        # maps left are carried forward, which never costs anything.
         absorb_bias_maps(graph, journal, cost_model)
+        push_bias_maps(graph, journal)

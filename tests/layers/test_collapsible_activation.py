@@ -84,7 +84,7 @@ class TestCollapsibleActivation(TestCase):
         self.assert_close(leaky(x), np.where(x > 0, x, 0.1 * x))
 
     def test_gradient_reaches_alpha(self):
-        layer = kc.CollapsibleActivation("gelu", alpha_regularizer=None)
+        layer = kc.CollapsibleActivation("gelu", trainable_alpha=True)
         model = keras.Sequential([keras.Input((6,)), layer, keras.layers.Dense(1)])
         model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
         x = self.random_inputs((256, 6), scale=2.0)
@@ -166,6 +166,71 @@ class TestCollapsibleActivation(TestCase):
 
 
 class TestFrozenAlpha(TestCase):
+    def test_trained_only_when_pulled_by_default(self):
+        x = self.random_inputs((2, 3))
+        cases = [
+            ({}, False),
+            ({"alpha_regularizer": "linearity"}, True),
+            ({"trainable_alpha": True}, True),
+            ({"alpha_regularizer": "linearity", "trainable_alpha": False}, False),
+        ]
+        for kwargs, trainable in cases:
+            layer = kc.CollapsiblePReLU(**kwargs)
+            layer(x)
+            assert layer.alpha.trainable is trainable, kwargs
+            clone = kc.CollapsiblePReLU.from_config(layer.get_config())
+            clone(x)
+            assert clone.alpha.trainable is trainable, kwargs
+
+    @pytest.mark.parametrize("act", ["relu", "gelu"])
+    def test_frozen_slope_computes_the_blend_in_training(self, act):
+        # At rest the frozen layer is its activation alone; moved or locked,
+        # the blend: both as a NumPy oracle computes them, training or not.
+        x = self.random_inputs((4, 6), scale=3.0)
+        layer = kc.CollapsibleActivation(act)
+        layer(x)
+        plain = keras.ops.convert_to_numpy(keras.activations.get(act)(x))
+        for training in (True, False):
+            self.assert_close(layer(x, training=training), plain)
+        layer.set_alpha(0.25)
+        for training in (True, False):
+            self.assert_close(layer(x, training=training), 0.25 * x + 0.75 * plain)
+        layer.lock_linear()
+        layer.set_alpha(0.0)  # the lock wins over alpha
+        for training in (True, False):
+            self.assert_close(layer(x, training=training), x)
+
+    def test_frozen_slope_moved_inside_fit_reaches_the_compiled_step(self):
+        # The callbacks move a frozen alpha between epochs: the compiled step
+        # must read it (a trace-time Python branch would not).
+        inputs = keras.Input((4,))
+        act = kc.CollapsiblePReLU()
+        model = keras.Model(inputs, act(inputs))
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        x = -np.abs(self.random_inputs((32, 4))) - 0.5  # ReLU gives 0 here
+        seen = []
+
+        class Move(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                act.set_alpha([0.0, 1.0][epoch])
+
+            def on_epoch_end(self, epoch, logs=None):
+                seen.append(logs["loss"])
+
+        model.fit(
+            x, np.zeros_like(x), epochs=2, batch_size=32, verbose=0, callbacks=[Move()]
+        )
+        assert seen[0] == pytest.approx(0.0, abs=1e-7)
+        assert seen[1] == pytest.approx(float(np.mean(x**2)), rel=1e-4)
+
+    def test_bad_trainable_alpha(self):
+        with pytest.raises(ValueError, match="Received: trainable_alpha='yes'"):
+            kc.CollapsiblePReLU(trainable_alpha="yes")
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.ReLU()(inputs))
+        with pytest.raises(ValueError, match="trainable_alpha=1"):
+            kc.make_collapsible(model, trainable_alpha=1)
+
     def test_alpha_can_be_frozen_to_keep_a_relu(self):
         inputs = keras.Input((4,))
         act = kc.CollapsiblePReLU(alpha_regularizer=None)
