@@ -15,9 +15,10 @@ pays), and that model with the layer's call as it was before issue 12
 swap in place), and a second copy of the ReLU model (what the timing's noise
 alone gives). An epoch is one `train_on_batch` per batch: `fit` on TensorFlow
 adds a per-call stall of up to a second that has nothing to do with the
-model (epochs of any model there take either ~1.7 s or 2.6 s). One untimed epoch each (compilation), then `--rounds` rounds of one
-epoch per model, in an order that rotates between rounds; the table gives the
-median epoch time of each and its ratio to the ReLU model's.
+model (epochs of any model there take either ~1.7 s or 2.6 s). One untimed
+epoch each (compilation), then `--rounds` rounds of one epoch per model, in
+an order that rotates between rounds; the table gives the median epoch time
+of each and its ratio to the ReLU model's.
 """
 
 import argparse
@@ -164,8 +165,8 @@ def combined_table(collected):
 
 LEGEND = (
     "epoch: median over {rounds} rounds of one training epoch (1,797 digits at "
-    "32x32, batch 64, SGD, one train_on_batch per batch); ratio: over the plain ReLU model's epoch, measured "
-    "side by side in this process."
+    "32x32, batch 64, SGD, one train_on_batch per batch); ratio: over the plain "
+    "ReLU model's epoch, measured side by side in this process."
 )
 
 
