@@ -208,8 +208,8 @@ class CollapsibleActivation(keras.layers.Layer):
         if self.alpha.trainable:
             return self._blend(inputs, act, training)
         # Nothing needs alpha's gradient: at rest (alpha 0, unlocked) the layer
-        # is its activation alone, and costs no more (torch eager runs every
-        # op of the blend; compiled backends fuse the branch away).
+        # is its activation alone, and costs no more (torch eager would run
+        # every op of the blend).
         at_rest = ops.logical_and(
             self.linear_lock < 0.5, ops.all(ops.equal(self.alpha, 0))
         )

@@ -7,7 +7,7 @@ padding), and so does an `Add` (the map of a branch is a map of the sum). So a
 map is moved forward, through linear layers and adds, to where it costs
 nothing: into the next bias map (two layers become one), or into a bias where
 it has become the same vector at every position (after a global average
-pooling, or a `valid` conv that reads no border). A map whose road ends at a
+pooling). A map whose road ends at a
 nonlinearity first stays where it is. On a fully collapsed MobileNetV2 the
 ten block maps become one.
 """
