@@ -12,8 +12,10 @@ base, then fine-tune copies of it for the same number of epochs:
   EASIER, NEPENTHE and a random ranking, each with `objective=` "activations"
   and "depth";
 
-then `surgery`. The other runs' slopes are frozen (`alpha` not trained): a
-callback locks what it linearizes, the rest stays the plain activation.
+then `surgery`. The other runs' slopes are frozen (`make_collapsible`
+without a regularizer): a callback locks what it linearizes, the rest stays
+the plain activation. `--per-decision 0.5` gives the callbacks the adaptive
+pace (half the candidates left, halved after each rollback).
 Reported per run: activations linearized / total, rollbacks, test accuracy
 (of the fine-tuned model and of its surgery result, which agree), real depth,
 params and MACs after surgery, epochs in all (base + fine-tuning), and the
@@ -84,14 +86,9 @@ MODELS = {
 }
 
 
-def freeze_slopes(model):
-    """Keeps every collapsible activation's `alpha` where it is: only a
-    callback's lock changes it."""
-    import keras_collapse as kc
-
-    for layer in kc.collapsible_layers(model):
-        layer.alpha.trainable = False
-    return model
+def pace(text):
+    """`--per-decision`: an int count, or a float fraction."""
+    return float(text) if "." in text else int(text)
 
 
 def make_run(method, objective, args, base, train, val):
@@ -116,7 +113,7 @@ def make_run(method, objective, args, base, train, val):
             return kc.lock_near_linear(m, args.lock_tolerance, objective=objective)
 
         return model, None, lock
-    model = freeze_slopes(kc.make_collapsible(base))
+    model = kc.make_collapsible(base)  # no regularizer: slopes frozen
     if method == "TLC, data-free":
         callback = kc.TLCCallback(**common)
     elif method == "TLC, data":
@@ -128,7 +125,9 @@ def make_run(method, objective, args, base, train, val):
             train[0], validation_data=val, samples=args.samples, **common
         )
     elif method == "NEPENTHE":
-        pruning = {k: v for k, v in common.items() if k != "ramp_epochs"}
+        # NEPENTHE acts at once, at the pace of its prune fraction.
+        skip = ("ramp_epochs", "per_decision")
+        pruning = {k: v for k, v in common.items() if k not in skip}
         callback = kc.NEPENTHECallback(
             train[0], validation_data=val, samples=args.samples, **pruning
         )
@@ -402,9 +401,10 @@ def main(argv=None):
     parser.add_argument("--ramp-epochs", type=int, default=0)
     parser.add_argument(
         "--per-decision",
-        type=int,
+        type=pace,
         default=1,
-        help="activations (or merge units) a callback changes per decision",
+        help="activations (or merge units) a callback changes per decision: "
+        "an int, or a fraction in (0, 1) of those left, halved at each rollback",
     )
     parser.add_argument("--factor", type=float, default=5.0)
     parser.add_argument("--lock-tolerance", type=float, default=0.05)

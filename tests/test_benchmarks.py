@@ -139,6 +139,7 @@ def test_comparison_benchmark_on_digits(tmp_path):
             "--methods", "tlc,layercollapse", "--width", "4",
             "--train", "400", "--val", "150", "--test", "300", "--samples", "150",
             "--base-epochs", "2", "--finetune-epochs", "2", "--repeats", "1",
+            "--per-decision", "0.5",
             "--latency-backends", keras.backend.backend(),
             "--out", str(tmp_path / "cmp"),
         ]
@@ -160,6 +161,7 @@ def test_comparison_benchmark_on_digits(tmp_path):
             assert r["linearized"] == 0
     text = (tmp_path / "cmp.txt").read_text()
     assert "best row within 0.5 pt" in text
+    assert "per decision 0.5;" in text
     assert (tmp_path / "cmp.png").exists()
 
 

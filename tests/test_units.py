@@ -206,6 +206,18 @@ class _Fixed:
         return [(p, self.values[p.activation.name]) for p in pairs]
 
 
+class _Scripted(keras.callbacks.Callback):
+    """Writes `fake_acc` into the logs from a script, one value per epoch
+    (listed before the callback it steers)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["fake_acc"] = self.values[epoch]
+
+
 class TestObjective(TestCase):
     def fit(self, callback, epochs=3):
         model = both()
@@ -271,6 +283,54 @@ class TestObjective(TestCase):
             assert first["layers"] == expected
         with pytest.raises(ValueError, match="per_decision"):
             kc.TLCCallback(per_decision=0)
+
+    def test_fractional_pace_starts_bold_and_halves_after_a_rollback(self):
+        # Eight Dense layers, each activation its own Dense∘Dense unit; a
+        # scripted guard rejects the first change and accepts the rest.
+        def chain():
+            inputs = keras.Input((6,))
+            h = inputs
+            for i in range(8):
+                h = act(layers.Dense(6, name=f"fc{i}")(h), f"a{i}")
+            model = keras.Model(inputs, layers.Dense(2, name="out")(h))
+            model.compile("sgd", "mse")
+            return model
+
+        scores = {f"a{i}": float(i) for i in range(8)}
+        x = self.random_inputs((16, 6))
+        y = self.random_inputs((16, 2), seed=1)
+        for objective in ("activations", "depth"):
+            guard = _Scripted([1.0, 0.0, 1.0, 1.0, 1.0])
+            callback = kc.LinearizationCallback(
+                _Fixed(scores),
+                interval=1,
+                ramp_epochs=0,
+                monitor="fake_acc",
+                tolerance=0.1,
+                objective=objective,
+                per_decision=0.5,
+                verbose=0,
+            )
+            chain().fit(x, y, epochs=5, verbose=0, callbacks=[guard, callback])
+            taken = [e["layers"] for e in callback.events if e["action"] != "stopped"]
+            actions = [e["action"] for e in callback.events]
+            # Half of 8, rolled back and retried: a quarter of the 8 left,
+            # then a quarter of the 6 left (ceil), then of the 4 left.
+            assert actions[:2] == ["linearized", "rolled back"]
+            assert taken[0] == ["a0", "a1", "a2", "a3"]
+            assert taken[2] == ["a0", "a1"]
+            assert [e["pace"] for e in callback.events if "pace" in e] == [
+                0.5,
+                0.25,
+                0.25,
+                0.25,
+            ]
+            assert callback.linearized == ["a0", "a1", "a2", "a3", "a4"]
+            assert callback.kept == []
+            assert callback.events[1]["retried"] is True
+        for bad in (0.0, 1.5, -1, True, "half"):
+            with pytest.raises(ValueError, match="per_decision.*float in"):
+                kc.TLCCallback(per_decision=bad)
 
     def test_unknown_objective_lists_the_choices(self):
         for make in (

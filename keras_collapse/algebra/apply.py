@@ -7,6 +7,7 @@ with `L0` the layer without its bias and with its own zero padding.
 import numpy as np
 
 from keras_collapse.algebra.cost import conv_output_shape
+from keras_collapse.algebra.cost import same_padding
 from keras_collapse.algebra.fold import _kernel
 
 
@@ -38,14 +39,11 @@ def apply_conv(x, kernel, strides, padding, depthwise=False):
         )
     spatial, taps = x.shape[:-1], kernel.shape[:-2]
     out = conv_output_shape(spatial, taps, strides, padding)
-    pads = [
-        (t // 2, t - t // 2)
-        for t in (
-            max((m - 1) * s + k - n, 0)
-            for n, k, s, m in zip(spatial, taps, strides, out)
-        )
-    ]
-    padded = np.pad(x, [*(pads if padding == "same" else [(0, 0)] * rank), (0, 0)])
+    if padding == "same":
+        pads = [same_padding(n, k, s) for n, k, s in zip(spatial, taps, strides)]
+    else:
+        pads = [(0, 0)] * rank
+    padded = np.pad(x, [*pads, (0, 0)])
     channels = kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
     result = np.zeros((*out, channels))
     for tap in np.ndindex(*taps):

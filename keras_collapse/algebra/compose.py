@@ -17,6 +17,7 @@ Exactness, for a composed layer used with the stated padding:
 
 import numpy as np
 
+from keras_collapse.algebra.cost import taps_inside
 from keras_collapse.algebra.fold import _kernel
 from keras_collapse.algebra.fold import _through_taps
 from keras_collapse.algebra.fold import _vector
@@ -196,19 +197,6 @@ def compose_pointwise_depthwise(pw, b_pw, dw, b_dw):
     return kernel, b_dw + _through_taps(dw, b_pw, depthwise=True)
 
 
-def _taps_inside(size, kernel_size, stride):
-    """Returns `[out, kernel_size]`: 1 where a tap reads inside the image.
-
-    Keras "same" padding: `out = ceil(size / stride)`, the total padding is
-    `max((out - 1) * stride + kernel_size - size, 0)` and the smaller half goes
-    before (top/left).
-    """
-    out = -(-size // stride)
-    pad_before = max((out - 1) * stride + kernel_size - size, 0) // 2
-    read = np.arange(out)[:, None] * stride - pad_before + np.arange(kernel_size)
-    return ((read >= 0) & (read < size)).astype(np.float64)
-
-
 def same_padding_bias_map(b1, k2, spatial_shape, strides2, depthwise=False):
     """Bias map that makes 1x1 (bias `b1`) -> "same" conv `k2` merges exact.
 
@@ -251,7 +239,7 @@ def same_padding_bias_map(b1, k2, spatial_shape, strides2, depthwise=False):
         bias_map = np.einsum("...co,c->...o", k2, b1)
     # Replace each tap axis by an output axis, summing the taps inside.
     for axis, (size, stride) in enumerate(zip(spatial_shape, strides, strict=True)):
-        inside = _taps_inside(size, k2.shape[axis], stride)
+        inside = taps_inside(size, k2.shape[axis], stride).astype(np.float64)
         bias_map = np.moveaxis(np.tensordot(inside, bias_map, ([1], [axis])), 0, axis)
     return bias_map
 

@@ -27,6 +27,26 @@ def _ints(value, name, fn, rank=None):
     return tuple(int(v) for v in values)
 
 
+def same_padding(size, kernel_size, stride):
+    """`(before, after)`: Keras' "same" zero padding of one axis.
+
+    `out = ceil(size / stride)`; the total is `max((out - 1) * stride +
+    kernel_size - size, 0)`, the smaller half before (top/left).
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+
+def taps_inside(size, kernel_size, stride):
+    """Bool `[out, kernel_size]`: whether each tap of each output position of
+    a "same" conv reads inside the image along one axis (else padding)."""
+    out = -(-size // stride)
+    before, _ = same_padding(size, kernel_size, stride)
+    read = np.arange(out)[:, None] * stride - before + np.arange(kernel_size)
+    return (read >= 0) & (read < size)
+
+
 def conv_output_shape(input_spatial, kernel_spatial, strides, padding):
     """Spatial output shape of a Keras convolution.
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_collapse import data as data_lib
 from keras_collapse.checks import check_int
+from keras_collapse.checks import is_int
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.graph import Graph
 from keras_collapse.linearize import rebuild_train_function
@@ -30,6 +31,24 @@ from keras_collapse.scores.scorers import as_scorer
 from keras_collapse.scores.statistics import statistics_on_graph
 from keras_collapse.units import check_objective
 from keras_collapse.units import merge_units
+
+
+def check_pace(per_decision):
+    """Raises a ValueError unless `per_decision` is an int >= 1 or a
+    fraction in (0, 1)."""
+    if is_int(per_decision) and per_decision >= 1:
+        return
+    if (
+        not is_int(per_decision)
+        and isinstance(per_decision, (float, np.floating))
+        and 0 < per_decision < 1
+    ):
+        return
+    raise ValueError(
+        "`per_decision` must be an int >= 1 (candidates per decision) or a "
+        "float in (0, 1) (that fraction of the candidates left, halved after "
+        f"each rollback). Received: per_decision={per_decision!r}"
+    )
 
 
 class DecisionContext:
@@ -116,7 +135,8 @@ class LinearizationCallback(keras.callbacks.Callback):
     2. The last change is judged: if the monitored value fell more than
        `tolerance` below its value when the change was made, every weight
        goes back to that moment (the epochs since are lost) and the layer is
-       kept nonlinear.
+       kept nonlinear (a group taken at a fractional `per_decision` returns
+       to the candidates instead, and the pace halves).
     3. The scorer ranks the remaining candidates; the first (and whatever
        the scorer takes along) is linearized: eased in over `ramp_epochs`
        (the slope pulled to 1, OFF channels faded to zero), then locked, with
@@ -184,10 +204,15 @@ class LinearizationCallback(keras.callbacks.Callback):
         cost_model: the surgery's cost model, for the merge units and the
             "latency" objective (`MacCostModel`, or a measured one).
             Defaults to `None`: `MacCostModel()`.
-        per_decision: int >= 1, the candidates (activations, or merge units
-            with "depth" / "latency") linearized at one decision, judged and
-            rolled back together; the scorer's `also_take` comes on top.
-            Defaults to `1` (the papers' pace).
+        per_decision: the pace: how many candidates (activations, or merge
+            units with "depth" / "latency") one decision linearizes, judged
+            and rolled back together; the scorer's `also_take` comes on top.
+            An int >= 1: that many. A float in (0, 1): that fraction of the
+            candidates left (at least one), halved after every rollback (as
+            NEPENTHE halves its pruning fraction), and a rolled-back group
+            returns to the candidates, so a short budget starts bold and
+            backs off where the net objects. Defaults to `1` (the papers'
+            pace).
     """
 
     method = "LinearizationCallback"  # the name in lines and warnings
@@ -227,7 +252,7 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`cost_model` must be callable as cost_model(kind, kernel_shape, "
                 f"output_positions), or None. Received: {cost_model!r}"
             )
-        check_int("per_decision", per_decision, 1)
+        check_pace(per_decision)
         self.exact = exact
         self.cost_model = cost_model
         self.per_decision = per_decision
@@ -309,6 +334,7 @@ class LinearizationCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.linearized, self.kept, self.events = [], [], []
         self.rollbacks = 0
+        self.pace = self.per_decision  # a fraction halves at each rollback
         self._pending = None
         self._ramp = None
         self._best = None
@@ -422,10 +448,10 @@ class LinearizationCallback(keras.callbacks.Callback):
         return units, [p for p in pool if p.activation.name in members]
 
     def _pick_unit(self, ranked, units, room):
-        """The scores of the members of the unit with the lowest combined
-        score per unit of gain (ties: the larger gain), plus the units the
-        scorer's `also_take` covers whole; [] when no unit is fully scored
-        or fits in `room`."""
+        """`(scores, units taken)`: the scores of the members of the pace's
+        units with the lowest combined score per unit of gain (ties: the
+        larger gain), plus the units the scorer's `also_take` covers whole;
+        no scores when no unit is fully scored or fits in `room`."""
         by_name = {s.pair.activation.name: s for s in ranked}
         units = [u for u in units if all(n in by_name for n in u.activations)]
         units = [priced for u in units if (priced := self._with_off(u, by_name))]
@@ -439,16 +465,23 @@ class LinearizationCallback(keras.callbacks.Callback):
             # A negative score (the loss falls) is better with more gain.
             return (total / gain if total >= 0 else total * gain, -gain)
 
-        names, taken = [], 0
+        names, taken, count = [], 0, self._count(len(units))
         extra = {s.pair.activation.name for s in self.scorer.also_take(ranked)}
         for unit in sorted(units, key=key):
             members = set(unit.activations)
             if len(names) + len(members) > room or members & set(names):
                 continue
-            if taken < self.per_decision or members <= extra:
+            if taken < count or members <= extra:
                 names += unit.activations
                 taken += 1
-        return [by_name[n] for n in names]
+        return [by_name[n] for n in names], taken
+
+    def _count(self, available):
+        """How many of `available` candidates (or units) this decision
+        takes: the pace, or its fraction of them (at least one)."""
+        if is_int(self.pace):
+            return self.pace
+        return max(1, math.ceil(self.pace * available))
 
     def _with_off(self, unit, by_name):
         """`unit` priced with the OFF channels its members' scores zero (a
@@ -544,9 +577,12 @@ class LinearizationCallback(keras.callbacks.Callback):
         rebuild_train_function(self.model)
         self.rollbacks += 1
         self._rejections += 1
+        if not is_int(self.pace):
+            self.pace /= 2
         for name in pending["layers"]:
             self.linearized.remove(name)
-            self.kept.append(name)
+            if not pending.get("retry"):
+                self.kept.append(name)
         self._event(
             epoch,
             "rolled back",
@@ -554,6 +590,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             value=value,
             best=pending["reference"],
             reason=reason,
+            retried=bool(pending.get("retry")),
         )
         if self._rejections >= self.patience:
             self._stop(epoch, f"{self._rejections} rollbacks in a row (patience)")
@@ -585,13 +622,14 @@ class LinearizationCallback(keras.callbacks.Callback):
             else self.max_layers - len(self.linearized)
         )
         if units is None:
-            first = ranked[: self.per_decision]
+            first = ranked[: self._count(len(ranked))]
             chosen = first + [
                 s for s in self.scorer.also_take(ranked) if s not in first
             ]
             chosen = chosen[: room if room != math.inf else None]
+            groups = len(chosen)
         else:
-            chosen = self._pick_unit(ranked, units, room)
+            chosen, groups = self._pick_unit(ranked, units, room)
             if not chosen:
                 return self._stop(epoch, "no merge unit fully scored fits")
         sync_training_state(self.model)
@@ -600,7 +638,10 @@ class LinearizationCallback(keras.callbacks.Callback):
         ramp_steps = self.ramp_epochs * steps if steps else 0
         self._ramp = Ramp(self.model, chosen, ramp_steps)
         layers = [s.pair.activation.name for s in chosen]
-        self._pend(epoch, layers, snapshot, ramp=self._ramp)
+        # A fractional pace retries a rolled-back group at half the pace; a
+        # single candidate that fails stays nonlinear for good.
+        retry = not is_int(self.pace) and groups > 1
+        self._pend(epoch, layers, snapshot, ramp=self._ramp, retry=retry)
         off = [None if s.off is None else int(np.sum(s.off)) for s in chosen]
         self._event(
             epoch,
@@ -613,16 +654,18 @@ class LinearizationCallback(keras.callbacks.Callback):
             ramp_epochs=self.ramp_epochs if ramp_steps else 0,
             ranked=[(s.pair.activation.name, s.value) for s in ranked],
             objective=self.objective,
+            pace=self.pace,
             units=None
             if units is None
             else [(u.activations, u.gain(self.objective)) for u in units],
         )
 
-    def _pend(self, epoch, layers, snapshot, records=(), ramp=None):
+    def _pend(self, epoch, layers, snapshot, records=(), ramp=None, retry=False):
         """Records a change to judge at the next decision: `layers` the
         activations it linearized, `snapshot` the weights before it,
         `records` what to `undo()` on rollback (in reverse order), `ramp` a
-        `Ramp` whose records are undone too."""
+        `Ramp` whose records are undone too; with `retry`, a rollback
+        returns `layers` to the candidates instead of keeping them."""
         self.linearized.extend(layers)
         self._pending = {
             "epoch": epoch,
@@ -631,6 +674,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             "ramp": ramp,
             "snapshot": snapshot,
             "reference": self._best,
+            "retry": retry,
         }
 
     def _stop(self, epoch, reason):
@@ -807,6 +851,8 @@ def _describe(method, event, key):
         best = event.get("best")
         best = "n/a" if best is None else f"{best:.4f}"
         tail = f" ({event['reason']})" if event.get("reason") else ""
+        if event.get("retried"):
+            tail += "; back among the candidates at half the pace"
         what = f" {layers}" if layers else ""
         return (
             f"{epoch}{method} {action}{what}: {key} {shown}, best before {best}{tail}."

@@ -77,7 +77,8 @@ class NEPENTHECallback(LinearizationCallback):
             `candidates`, `recalibrate`, `batch_size`, `seed`, `verbose`,
             `objective` ("depth" / "latency": only the members of merge
             units are pruned and linearized), `exact`, `cost_model`.
-            A round acts at once (`ramp_epochs` is 0).
+            A round acts at once (`ramp_epochs` is 0); its pace is
+            `prune_fraction` (`per_decision` stays 1).
 
     Raises:
         ValueError: for bad arguments; at `on_train_begin` (before any
@@ -136,6 +137,12 @@ class NEPENTHECallback(LinearizationCallback):
             raise ValueError(
                 "NEPENTHECallback acts at once: `ramp_epochs` must be 0. "
                 f"Received: ramp_epochs={kwargs['ramp_epochs']!r}"
+            )
+        if kwargs.get("per_decision", 1) != 1:
+            raise ValueError(
+                "NEPENTHECallback linearizes every layer that reached zero "
+                "entropy; its pace is `prune_fraction`: leave `per_decision` "
+                f"at 1. Received: per_decision={kwargs['per_decision']!r}"
             )
         kwargs["ramp_epochs"] = 0
         self.prune_fraction = float(prune_fraction)

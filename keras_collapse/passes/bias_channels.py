@@ -18,6 +18,7 @@ import math
 import keras
 import numpy as np
 
+from keras_collapse.algebra.cost import taps_inside
 from keras_collapse.graph import Ref
 from keras_collapse.layers.bias_map import is_bias_map
 from keras_collapse.layers.bias_map import map_of
@@ -119,12 +120,9 @@ def _taps_of(bias_map, taps, conv, in_shape):
     if None in spatial or len(spatial) != len(taps):
         return None
     strides = tuple(conv.layer.strides)
-    # Keras' "same": pad_before = total // 2, total = (out - 1) * s + k - n.
-    inside_per_axis = []
-    for n, k, s, m in zip(spatial, taps, strides, out_spatial):
-        before = max((m - 1) * s + k - n, 0) // 2
-        index = np.arange(m)[:, None] * s - before + np.arange(k)[None, :]
-        inside_per_axis.append((index >= 0) & (index < n))  # [m, k]
+    if tuple(-(-n // s) for n, s in zip(spatial, strides)) != tuple(out_spatial):
+        return None
+    inside_per_axis = [taps_inside(n, k, s) for n, k, s in zip(spatial, taps, strides)]
     # [positions, taps], both row-major like the map and the kernel.
     inside = np.ones((1, 1), bool)
     for axis in inside_per_axis:

@@ -7,6 +7,8 @@ from keras_collapse.algebra import conv_output_shape
 from keras_collapse.algebra import conv_params
 from keras_collapse.algebra import dense_macs
 from keras_collapse.algebra import dense_params
+from keras_collapse.algebra.cost import same_padding
+from keras_collapse.algebra.cost import taps_inside
 
 
 @pytest.mark.parametrize("size", [(7, 8), (8, 7), (5, 5)])
@@ -18,6 +20,29 @@ def test_conv_output_shape_matches_keras(size, kernel, strides, padding):
     output = layer(np.zeros((1, *size, 1), dtype="float32"))
 
     assert conv_output_shape(size, kernel, strides, padding) == tuple(output.shape[1:3])
+
+
+def test_taps_inside_and_same_padding_match_keras():
+    # Keras' "same" conv of an image of ones with one-hot taps: output
+    # channel j at position i is 1 exactly where tap j reads inside.
+    for size in range(1, 9):
+        for kernel in range(1, 6):
+            for stride in (1, 2, 3):
+                taps = np.eye(kernel, dtype="float32")[:, None, :]  # [k, 1, k]
+                read = keras.ops.conv(
+                    np.ones((1, size, 1), "float32"), taps, stride, "same"
+                )
+                expected = keras.ops.convert_to_numpy(read)[0] > 0.5
+                inside = taps_inside(size, kernel, stride)
+                np.testing.assert_array_equal(inside, expected)
+                before, after = same_padding(size, kernel, stride)
+                assert before <= after <= before + 1
+                padded = np.pad(np.ones(size), (before, after))
+                windows = [
+                    padded[i * stride : i * stride + kernel] > 0
+                    for i in range(len(inside))
+                ]
+                np.testing.assert_array_equal(np.array(windows), expected)
 
 
 def test_conv_output_shape_1d_with_scalars():

@@ -343,6 +343,11 @@ class TestBadInput(TestCase):
         with pytest.raises(ValueError, match="ramp_epochs"):
             kc.NEPENTHECallback(np.zeros((4, 6)), ramp_epochs=1)
 
+    def test_per_decision_is_the_prune_fraction(self):
+        for pace in (2, 0.5):
+            with pytest.raises(ValueError, match="prune_fraction.*per_decision"):
+                kc.NEPENTHECallback(np.zeros((4, 6)), per_decision=pace)
+
     def test_no_prunable_candidate(self):
         inputs = keras.Input((8, 8, 2))
         h = layers.Conv2D(4, 3, name="conv")(inputs)
