@@ -36,13 +36,10 @@ from keras_collapse.units import merge_units
 def check_pace(per_decision):
     """Raises a ValueError unless `per_decision` is an int >= 1 or a
     fraction in (0, 1)."""
-    if is_int(per_decision) and per_decision >= 1:
-        return
-    if (
-        not is_int(per_decision)
-        and isinstance(per_decision, (float, np.floating))
-        and 0 < per_decision < 1
-    ):
+    if is_int(per_decision):
+        if per_decision >= 1:
+            return
+    elif isinstance(per_decision, (float, np.floating)) and 0 < per_decision < 1:
         return
     raise ValueError(
         "`per_decision` must be an int >= 1 (candidates per decision) or a "
