@@ -49,6 +49,10 @@ from benchmarks.linearization_fashion_mnist import resnet20_style  # noqa: E402
 
 BASE = "base (BN folded)"
 CONTROL = "fine-tune control"
+# The control with its BatchNorm statistics re-estimated on the sample the
+# one-call methods re-estimate theirs on: what they would score without
+# linearizing anything.
+CONTROL_BN = "control + BN re-estimation"
 METHODS = {
     "layercollapse": "LayerCollapse",
     "tlc": "TLC, data-free",
@@ -56,8 +60,19 @@ METHODS = {
     "easier": "EASIER",
     "nepenthe": "NEPENTHE",
     "random": "random",
+    "joint": "joint",
+    "joint-teacher": "joint + teacher",
+    "collapse-depth": "collapse",
+    "collapse-latency": "collapse",
 }
 OBJECTIVES = ("activations", "depth")
+# The one-call methods' objective, per --methods key.
+COLLAPSE_OBJECTIVE = {
+    "joint": "activations",
+    "joint-teacher": "activations",
+    "collapse-depth": "depth",
+    "collapse-latency": "latency",
+}
 
 
 def vgg_bn_style(input_shape, width=16):
@@ -138,6 +153,43 @@ def make_run(method, objective, args, base, train, val):
     return model, callback, None
 
 
+def recalibrated(x, args):
+    """An `after_fit` that re-estimates BatchNorm as `kc.collapse` does (on
+    its sample of the training inputs) and locks nothing."""
+    import numpy as np
+
+    import keras_collapse as kc
+
+    def after(model):
+        rows = np.random.default_rng(args.seed).permutation(len(x))[: args.samples]
+        kc.recalibrate_batchnorm(model, x[np.sort(rows)], in_place=True)
+        return []
+
+    return after
+
+
+def collapse_run(key, objective, target, args, base, train, val):
+    """`(model, result, surgery report, linearized)` of one `kc.collapse`
+    call on a copy of the base, compiled for fine-tuning."""
+    import keras_collapse as kc
+
+    model = compile_model(copy_model(base), args.lr * args.finetune_lr_factor)
+    small, report = kc.collapse(
+        model,
+        train,
+        objective=objective,
+        target=target,
+        epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        teacher="auto" if key == "joint-teacher" else None,
+        samples=args.samples,
+        latency=False,
+        seed=args.seed,
+        verbose=0,
+    )
+    return small, small, report.surgery, list(report.linearized)
+
+
 def run_model(name, args, data, folder, log):
     import keras
 
@@ -151,11 +203,12 @@ def run_model(name, args, data, folder, log):
     log(f"[{name}] base: {args.base_epochs} epochs in {time.time() - start:.0f} s")
     folded, folded_report = kc.surgery(base, return_report=True)
     total = len(kc.collapsible_layers(kc.make_collapsible(base)))
-    files = {BASE: str(folder / f"{name}_base.keras")}
+    files = {BASE: str(folder / f"{name}_{args.seed}_base.keras")}
     folded.save(files[BASE])
     rows = [
         {
             "model": name,
+            "seed": args.seed,
             "run": BASE,
             "objective": "",
             "linearized": 0,
@@ -170,39 +223,65 @@ def run_model(name, args, data, folder, log):
             "fit_seconds": 0.0,
         }
     ]
-    runs = [(CONTROL, "")] + [(m, o) for m in args.methods for o in OBJECTIVES]
-    for method, objective in runs:
-        keras.utils.set_random_seed(args.seed + 1)  # the same shuffles every run
-        if method == CONTROL:
-            model, callback, after = copy_model(base), None, None
+    runs = [(CONTROL, "", None), (CONTROL_BN, "", None)]
+    for key in args.methods:
+        method = METHODS[key]
+        if key in COLLAPSE_OBJECTIVE:
+            targets = args.collapse_targets if key.startswith("collapse") else None
+            for target in targets or args.joint_targets:
+                runs.append((method, COLLAPSE_OBJECTIVE[key], (key, target)))
         else:
-            model, callback, after = make_run(method, objective, args, base, train, val)
-        compile_model(model, args.lr * args.finetune_lr_factor)
+            runs += [(method, o, None) for o in OBJECTIVES]
+    for method, objective, one_call in runs:
+        keras.utils.set_random_seed(args.seed + 1)  # the same shuffles every run
         start = time.time()
-        model.fit(
-            *train,
-            batch_size=args.batch_size,
-            epochs=args.finetune_epochs,
-            callbacks=[callback] if callback is not None else [],
-            verbose=0,
-        )
-        seconds = time.time() - start
-        locked = after(model) if after is not None else []
-        linearized = (
-            [layer.name for layer in locked]
-            if after is not None
-            else list(callback.linearized)
-            if callback is not None
-            else []
-        )
-        collapsed, report = kc.surgery(model, return_report=True)
         label = f"{method} [{objective}]" if objective else method
-        files[label] = str(folder / f"{name}_{len(files)}.keras")
+        if one_call is not None:
+            key, target = one_call
+            label = f"{method} {target:.0%} [{objective}]"
+            try:
+                model, collapsed, report, linearized = collapse_run(
+                    key, objective, target, args, base, train, val
+                )
+            except ValueError as e:  # e.g. no merge unit reaches the target
+                log(f"[{name}] {label}: not run ({e})")
+                continue
+            callback = None
+            seconds = time.time() - start
+        else:
+            if method in (CONTROL, CONTROL_BN):
+                model, callback, after = copy_model(base), None, None
+                if method == CONTROL_BN:
+                    after = recalibrated(train[0], args)
+            else:
+                model, callback, after = make_run(
+                    method, objective, args, base, train, val
+                )
+            compile_model(model, args.lr * args.finetune_lr_factor)
+            model.fit(
+                *train,
+                batch_size=args.batch_size,
+                epochs=args.finetune_epochs,
+                callbacks=[callback] if callback is not None else [],
+                verbose=0,
+            )
+            seconds = time.time() - start
+            locked = after(model) if after is not None else []
+            linearized = (
+                [layer.name for layer in locked]
+                if after is not None
+                else list(callback.linearized)
+                if callback is not None
+                else []
+            )
+            collapsed, report = kc.surgery(model, return_report=True)
+        files[label] = str(folder / f"{name}_{args.seed}_{len(files)}.keras")
         collapsed.save(files[label])
         rows.append(
             {
                 "model": name,
-                "run": method,
+                "seed": args.seed,
+                "run": label.rsplit(" [", 1)[0],
                 "objective": objective,
                 "linearized": len(linearized),
                 "activations": total,
@@ -267,7 +346,33 @@ def latency_per_backend(all_files, backends, repeats, log):
     return out
 
 
+def _label(r):
+    return f"{r['run']} [{r['objective']}]" if r["objective"] else r["run"]
+
+
+def _groups(rows):
+    """Rows of one (model, run, objective) over the seeds, in first-seen order."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"], _label(r)), []).append(r)
+    return groups
+
+
+def _mean_std(values):
+    import numpy as np
+
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _latency(latency, backend, r):
+    return latency.get(backend, {}).get(f"{r['model']}@{r['seed']}", {}).get(_label(r))
+
+
 def format_rows(rows, latency):
+    """One line per (model, run, objective): means over the seeds, the test
+    accuracy as mean ± standard deviation, and its difference from the
+    control's mean."""
     from benchmarks.common import table
 
     backends = list(latency)
@@ -275,100 +380,142 @@ def format_rows(rows, latency):
         "model",
         "run",
         "objective",
+        "seeds",
         "linearized",
         "rollbacks",
-        "test acc",
-        "after surgery",
+        "test acc (mean ± sd)",
+        "vs control",
         "depth",
         "params",
         "MACs",
         *[f"{b} b1/b64" for b in backends],
         "epochs",
     ]
+    groups = _groups(rows)
     body = []
-    for r in rows:
-        label = f"{r['run']} [{r['objective']}]" if r["objective"] else r["run"]
+    for (model, _), group in groups.items():
+        control = groups.get((model, CONTROL), group)
+        acc, sd = _mean_std([r["collapsed_accuracy"] for r in group])
+        ref, _ = _mean_std([r["collapsed_accuracy"] for r in control])
         ratios = []
         for b in backends:
-            entry = latency[b].get(r["model"], {}).get(label)
-            ratios.append(
-                "n/a" if entry is None else f"{entry['1']:.2f}/{entry['64']:.2f}x"
-            )
+            found = [e for r in group if (e := _latency(latency, b, r))]
+            if not found:
+                ratios.append("n/a")
+                continue
+            one = _mean_std([e["1"] for e in found])[0]
+            many = _mean_std([e["64"] for e in found])[0]
+            ratios.append(f"{one:.2f}/{many:.2f}x")
+        first = group[0]
         body.append(
             (
-                r["model"],
-                r["run"],
-                r["objective"] or "-",
-                f"{r['linearized']}/{r['activations']}",
-                r["rollbacks"],
-                f"{r['accuracy']:.4f}",
-                f"{r['collapsed_accuracy']:.4f}",
-                r["depth"],
-                f"{r['params']:,}",
-                f"{r['macs']:,}",
+                model,
+                first["run"],
+                first["objective"] or "-",
+                len(group),
+                f"{_mean_std([r['linearized'] for r in group])[0]:.1f}"
+                f"/{first['activations']}",
+                f"{_mean_std([r['rollbacks'] for r in group])[0]:.1f}",
+                f"{acc:.4f} ± {sd:.4f}",
+                f"{acc - ref:+.4f}",
+                f"{_mean_std([r['depth'] for r in group])[0]:.1f}",
+                f"{_mean_std([r['params'] for r in group])[0]:,.0f}",
+                f"{_mean_std([r['macs'] for r in group])[0]:,.0f}",
                 *ratios,
-                r["epochs"],
+                first["epochs"],
             )
         )
     return table(header, body, "<<<" + ">" * (len(header) - 3))
 
 
 def targets(rows, latency):
-    """Issue 12's targets, per net, for its best row."""
+    """The targets of issues 12-14, per net, for its best row (means over
+    the seeds)."""
+    groups = _groups(rows)
     lines = []
     for name in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == name]
-        base = mine[0]
-        control = next(r for r in mine if r["run"] == CONTROL)
-        methods = [r for r in mine[2:]]
-        near = [
-            r
-            for r in methods
-            if r["collapsed_accuracy"] >= control["collapsed_accuracy"] - 0.005
-        ]
-        best = max(near or methods, key=lambda r: (r["linearized"], -r["depth"]))
-        label = f"{best['run']} [{best['objective']}]"
-        share = best["linearized"] / best["activations"]
-        depth_cut = 1 - best["depth"] / base["depth"]
-        faster = [
-            b
-            for b in latency
-            if (e := latency[b].get(name, {}).get(label)) and min(e.values()) > 1
-        ]
+        mine = {label: g for (m, label), g in groups.items() if m == name}
+        base = _mean_std([r["depth"] for r in mine[BASE]])[0]
+        control = _mean_std([r["collapsed_accuracy"] for r in mine[CONTROL]])[0]
+        scored = []
+        for label, group in mine.items():
+            if label in (BASE, CONTROL, CONTROL_BN):
+                continue
+            acc = _mean_std([r["collapsed_accuracy"] for r in group])[0]
+            share = _mean_std([r["linearized"] / r["activations"] for r in group])[0]
+            depth = _mean_std([r["depth"] for r in group])[0]
+            faster = [
+                b
+                for b in latency
+                if all(
+                    (e := _latency(latency, b, r)) and min(e.values()) > 1
+                    for r in group
+                )
+            ]
+            scored.append((label, acc - control, share, 1 - depth / base, faster))
+        near = [t for t in scored if t[1] >= -0.005]
+        if not scored:
+            continue
+        best = max(near or scored, key=lambda t: (t[2], t[3]))
+        deepest = max(
+            [t for t in scored if t[1] >= -0.01] or scored, key=lambda t: t[3]
+        )
         lines.append(
-            f"{name}: best row within 0.5 pt of the control: "
-            f"{label if near else 'none'}"
-            f" — {share:.0%} linearized (target >= 50%), accuracy "
-            f"{best['collapsed_accuracy'] - control['collapsed_accuracy']:+.4f} vs "
-            f"control, depth {depth_cut:.0%} lower (MobileNetV2 target >= 30%), "
-            f"faster than the folded base at b1 and b64 on: {faster or 'none'}, "
-            f"epochs {best['epochs']} = {best['epochs'] / base['epochs']:.1f}x base"
+            f"{name}: most linearized within 0.5 pt of the control's mean: "
+            f"{best[0] if near else 'none'} — {best[2]:.0%} linearized (target "
+            f">= 50%), accuracy {best[1]:+.4f} vs control; most depth within 1 pt: "
+            f"{deepest[0]} — depth {deepest[3]:.0%} lower (MobileNetV2 target >= "
+            f"30%), faster than the folded base at b1 and b64 (every seed) on: "
+            f"{deepest[4] or 'none'}"
         )
     return "\n".join(lines)
 
 
 def plot(rows, path):
+    """Accuracy against the linearized fraction, one line per method (means
+    over the seeds, bars: standard deviation), one panel per net."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
+    groups = _groups(rows)
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5))
-    for ax, name in zip(list(axes) if len(models) > 1 else [axes], models):
-        mine = [r for r in rows if r["model"] == name]
-        for r in mine:
-            marker = {"": "s", "activations": "o", "depth": "^"}[r["objective"]]
-            ax.scatter(r["depth"], r["collapsed_accuracy"], marker=marker, s=50)
-            label = (
-                r["run"] if not r["objective"] else f"{r['run']} [{r['objective'][0]}]"
+    axes = list(axes) if len(models) > 1 else [axes]
+    for ax, name in zip(axes, models):
+        lines = {}
+        for (model, _), group in groups.items():
+            if model != name:
+                continue
+            first = group[0]
+            method = (
+                first["run"].split(" ")[0]
+                if first["run"].startswith(("joint", "collapse"))
+                else first["run"]
             )
-            ax.annotate(label, (r["depth"], r["collapsed_accuracy"]), fontsize=6)
-        ax.set_xlabel("real depth after surgery")
+            if first["run"].startswith("joint + teacher"):
+                method = "joint + teacher"
+            method = (
+                f"{method} [{first['objective']}]" if first["objective"] else method
+            )
+            share = _mean_std([r["linearized"] / r["activations"] for r in group])[0]
+            acc, sd = _mean_std([r["collapsed_accuracy"] for r in group])
+            lines.setdefault(method, []).append((share, acc, sd))
+        for method, points in lines.items():
+            points.sort()
+            xs, ys, sds = zip(*points)
+            style = "s" if method in (BASE, CONTROL, CONTROL_BN) else "o-"
+            ax.errorbar(xs, ys, yerr=sds, fmt=style, capsize=3, label=method)
+        ax.set_xlabel("activations linearized (fraction)")
         ax.set_ylabel("test accuracy after surgery")
-        ax.set_title(f"{name} (o: activations, ^: depth, s: base/control)")
+        ax.set_title(name)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -406,6 +553,18 @@ def main(argv=None):
         help="activations (or merge units) a callback changes per decision: "
         "an int, or a fraction in (0, 1) of those left, halved at each rollback",
     )
+    parser.add_argument(
+        "--joint-targets",
+        default="0.3,0.5,0.7",
+        type=lambda t: [float(v) for v in t.split(",")],
+        help="targets of the joint rows (kc.collapse, objective activations)",
+    )
+    parser.add_argument(
+        "--collapse-targets",
+        default="0.3",
+        type=lambda t: [float(v) for v in t.split(",")],
+        help="targets of the collapse-depth / collapse-latency rows",
+    )
     parser.add_argument("--factor", type=float, default=5.0)
     parser.add_argument("--lock-tolerance", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -413,6 +572,12 @@ def main(argv=None):
     parser.add_argument("--finetune-lr-factor", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds per run (base init and data order; the data subset stays)",
+    )
     parser.add_argument("--latency-backends", default="jax,tensorflow,torch")
     parser.add_argument("--out", default=None, help="write <out>.txt/.json/.png")
     parser.add_argument("--time-saved", help=argparse.SUPPRESS)
@@ -427,7 +592,6 @@ def main(argv=None):
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
-    args.methods = [METHODS[m] for m in args.methods]
 
     import keras
 
@@ -444,10 +608,16 @@ def main(argv=None):
         f"{len(data[2][0])} test; training on {keras.backend.backend()}"
     )
     rows, files = [], {}
+    first_seed = args.seed
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            model_rows, files[name] = run_model(name, args, data, Path(tmp), log)
-            rows += model_rows
+            for seed in range(first_seed, first_seed + args.seeds):
+                args.seed = seed
+                model_rows, files[f"{name}@{seed}"] = run_model(
+                    name, args, data, Path(tmp), log
+                )
+                rows += model_rows
+        args.seed = first_seed
         backends = [b for b in args.latency_backends.split(",") if b]
         latency = latency_per_backend(files, backends, args.repeats, log)
     text = "\n".join(

@@ -1,9 +1,12 @@
 """keras_collapse: make trained Keras 3 networks shallower and faster."""
 
 from keras_collapse.callbacks import EASIERCallback
+from keras_collapse.callbacks import JointLinearizationCallback
+from keras_collapse.callbacks import LayerCollapseCallback
 from keras_collapse.callbacks import LinearizationCallback
 from keras_collapse.callbacks import NEPENTHECallback
 from keras_collapse.callbacks import TLCCallback
+from keras_collapse.collapse import collapse
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.collapsible import lock_linear
 from keras_collapse.collapsible import lock_near_linear
@@ -46,6 +49,8 @@ __all__ = [
     "CollapsibleActivation",
     "CollapsiblePReLU",
     "EASIERCallback",
+    "JointLinearizationCallback",
+    "LayerCollapseCallback",
     "LinearityRegularizer",
     "LinearizationCallback",
     "MacCostModel",
@@ -61,6 +66,7 @@ __all__ = [
     "activation_statistics",
     "allocate_budget",
     "analyze_batchnorm",
+    "collapse",
     "collapsible_layers",
     "hold_at_zero",
     "linearize",

@@ -1,5 +1,7 @@
 """Finding the collapsible activations of a model, and locking them linear."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -172,4 +174,26 @@ def lock_near_linear(
         chosen = [layer for layer in chosen if layer.name in members]
     for layer in chosen:
         layer.lock_linear()
+    if not chosen:
+        _say_nearest(model, tolerance, objective)
     return chosen
+
+
+def _say_nearest(model, tolerance, objective):
+    """Warns how close the nearest slopes came when nothing was locked."""
+    free = [layer for layer in collapsible_layers(model) if not layer.is_locked]
+    if not free:
+        return
+    distance = {
+        layer.name: float(np.max(np.abs(layer.alpha_numpy() - 1.0))) for layer in free
+    }
+    nearest = sorted(distance.items(), key=lambda item: item[1])[:3]
+    shown = ", ".join(f"{name} at |alpha - 1| = {d:.3g}" for name, d in nearest)
+    scope = "" if objective == "activations" else f" in a merge unit ({objective})"
+    warnings.warn(
+        f"lock_near_linear locked nothing{scope}: no slope of model "
+        f"'{model.name}' came within tolerance={tolerance:g} of 1. The nearest: "
+        f"{shown}. Train longer, pull harder (`LinearityRegularizer(factor)`), "
+        "or raise `tolerance`.",
+        stacklevel=2,
+    )

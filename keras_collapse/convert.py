@@ -23,6 +23,7 @@ from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.layers.collapsible_activation import check_trainable_alpha
 from keras_collapse.layers.collapsible_activation import resolve_activation
+from keras_collapse.layers.collapsible_activation import resolve_alpha_scale
 from keras_collapse.passes import kinds
 
 # Layers whose `activation=` argument fuses an activation after the linear op.
@@ -202,6 +203,7 @@ def make_collapsible(
     shared_axes="all",
     fraction=None,
     trainable_alpha=None,
+    alpha_scale=None,
 ):
     """Returns a new model whose chosen activations are collapsible.
 
@@ -263,6 +265,10 @@ def make_collapsible(
             each `alpha` only when `alpha_regularizer` pulls it (a frozen
             slope costs nothing in training until a callback moves it), True
             always (as a PReLU's slope), False never. Defaults to `None`.
+        alpha_scale: `alpha_scale` of the new layers, the slopes' own
+            learning-rate scale (see `CollapsibleActivation`): None gives 32
+            with `alpha_regularizer` (the pull then reaches the identity at
+            normal learning rates), else 1. Defaults to `None`.
 
     Returns:
         A new `keras.Model`.
@@ -294,6 +300,7 @@ def make_collapsible(
             f"fraction={fraction!r}"
         )
     check_trainable_alpha(trainable_alpha)
+    resolve_alpha_scale(alpha_scale)  # checked before any work
     graph = Graph.from_model(model)
     _warn_opaque(graph)
     wanted_kinds = _resolve_kinds(activations)
@@ -318,6 +325,7 @@ def make_collapsible(
     options = {
         "alpha_regularizer": alpha_regularizer,
         "trainable_alpha": trainable_alpha,
+        "alpha_scale": alpha_scale,
     }
     _convert(graph, chosen, options, shared_axes)
     return graph.to_model()
@@ -513,8 +521,9 @@ def _convert(graph, chosen, options, shared_axes):
         else:
             (ref,) = node.input_refs
             node.layer, node.args, node.kwargs = collapsible, (ref,), {}
-        if spec.alpha is not None:
-            node.weights = [spec.alpha, np.zeros((), "float32")]
+        if spec.alpha is not None:  # a PReLU's slope, stored over the scale
+            stored = np.asarray(spec.alpha, "float32") / collapsible.alpha_scale
+            node.weights = [stored, np.zeros((), "float32")]
 
 
 def _collapsible_layer(source, spec, name, options, shared_axes):

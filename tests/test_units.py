@@ -306,6 +306,7 @@ class TestObjective(TestCase):
                 interval=1,
                 ramp_epochs=0,
                 monitor="fake_acc",
+                mode="max",
                 tolerance=0.1,
                 objective=objective,
                 per_decision=0.5,

@@ -1,15 +1,14 @@
-"""The decision engine every linearization callback shares: the policy.
+"""The decision engine the greedy linearization callbacks share.
 
-When to decide (warm-up, interval), how a change is made (at once or eased in
-over `ramp_epochs`), how it is judged (the guard, after BatchNorm statistics
-are re-estimated when there is data), rollback, patience, `max_layers`,
-`candidates`, logs, `events` and verbose lines live here. What to linearize
-next is a scorer's business (`keras_collapse.scores.scorers`); what
-"linearize" does to the weights is the action's (`linearize`, `ramp`).
-TLCCallback and EASIERCallback only choose a scorer; NEPENTHECallback
-overrides the change itself (`_act`: prune and linearize, handing the
-snapshot and undo records to `_pend`), and keeps schedule, guard and
-rollback.
+`LinearizationCallback` runs the loop: at each decision (`schedule`), judge
+the last `Change` (`guard`; roll it back if it cost too much), then ask the
+method for the next one through its one hook, `make_change`. What a
+decision may take (the pace, the merge units) is `selection`'s, what a
+scorer may use `context`'s; what to linearize next is a scorer's
+(`keras_collapse.scores.scorers`), what "linearize" does to the weights the
+action's (`linearize`, `ramp`). TLCCallback and EASIERCallback only choose a
+scorer; NEPENTHECallback overrides `make_change` (prune, and linearize what
+reached zero entropy).
 """
 
 import math
@@ -19,8 +18,16 @@ import keras
 import numpy as np
 
 from keras_collapse import data as data_lib
+from keras_collapse.callbacks.change import Change
+from keras_collapse.callbacks.context import DecisionContext
+from keras_collapse.callbacks.guard import Guard
+from keras_collapse.callbacks.guard import accuracy_key
+from keras_collapse.callbacks.schedule import Schedule
+from keras_collapse.callbacks.selection import Pace
+from keras_collapse.callbacks.selection import check_pace  # noqa: F401
+from keras_collapse.callbacks.selection import pick_units
+from keras_collapse.callbacks.selection import units_of
 from keras_collapse.checks import check_int
-from keras_collapse.checks import is_int
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.graph import Graph
 from keras_collapse.linearize import rebuild_train_function
@@ -28,101 +35,50 @@ from keras_collapse.ramp import Ramp
 from keras_collapse.recalibrate import BatchNormRecalibrator
 from keras_collapse.scores.pairs import find_pairs
 from keras_collapse.scores.scorers import as_scorer
-from keras_collapse.scores.statistics import statistics_on_graph
 from keras_collapse.units import check_objective
-from keras_collapse.units import merge_units
 
 
-def check_pace(per_decision):
-    """Raises a ValueError unless `per_decision` is an int >= 1 or a
-    fraction in (0, 1)."""
-    if is_int(per_decision):
-        if per_decision >= 1:
-            return
-    elif isinstance(per_decision, (float, np.floating)) and 0 < per_decision < 1:
-        return
-    raise ValueError(
-        "`per_decision` must be an int >= 1 (candidates per decision) or a "
-        "float in (0, 1) (that fraction of the candidates left, halved after "
-        f"each rollback). Received: per_decision={per_decision!r}"
-    )
-
-
-class DecisionContext:
-    """What a scorer may use at one decision (see `scores.scorers`).
+class Decision:
+    """What a method's `make_change` gets at one decision.
 
     Attributes:
-        model: the training model.
-        rng: a seeded `np.random.Generator`.
-        sample: `(x, y, sample_weight)` the fixed labelled sample, or None.
-        data: the fixed unlabelled sample `x`, or None.
+        epoch: int, the 0-based epoch whose end this is.
+        pool: list of candidate `Pair`s (not linear, not kept, allowed; with
+            objective "depth" / "latency", only members of merge units).
+        units: list of `MergeUnit`s that buy something under the objective,
+            or None for "activations".
+        found: the `MergeUnits` the units come from (to price a group), or
+            None.
+        room: how many more activations may be linearized (`max_layers`).
+        context: a `DecisionContext` (model, samples, statistics, ...).
     """
 
-    def __init__(self, callback):
-        self._callback = callback
-        self.model = callback.model
-        self.rng = callback._rng
-        self.sample = callback._sample
-        self.data = callback._data
-        self._statistics = None
+    def __init__(self, epoch, pool, units, found, room, context):
+        self.epoch = epoch
+        self.pool = pool
+        self.units = units
+        self.found = found
+        self.room = room
+        self.context = context
+        self.stop_reason = None
 
-    def evaluate(self):
-        """`model.evaluate` on the labelled sample, as a dict."""
-        return self._callback._evaluate()
-
-    def statistics(self, pairs):
-        """`ActivationStatistics` of the candidates over the data sample,
-        measured once per decision."""
-        if self.data is None:
-            raise ValueError(
-                f"{type(self._callback).__name__}: this scorer needs data: pass "
-                "`data=x_sample`."
-            )
-        if self._statistics is None:
-            sync_training_state(self.model)
-            layers = [p.activation for p in pairs]
-            self._statistics = statistics_on_graph(
-                self.model,
-                self._callback._graph,
-                layers,
-                self.data,
-                self._callback.batch_size,
-            )
-        return self._statistics
-
-    def progress(self, total, what):
-        """A `keras.utils.Progbar` when the callback is verbose, else a
-        stand-in that prints nothing."""
-        return _Progress(total, what, self._callback.verbose)
-
-    def skip(self, name, reason):
-        """Leaves a candidate out for good (e.g. non-finite statistics)."""
-        self._callback.kept.append(name)
-        self._callback._event(
-            self._callback._last_epoch, "skipped", [name], reason=reason
-        )
-
-
-class _Progress:
-    def __init__(self, total, what, verbose):
-        self._bar = None
-        if verbose and total > 1:
-            print(f"\n{what}: {total}")
-            self._bar = keras.utils.Progbar(total, unit_name="candidate")
-
-    def update(self, n):
-        if self._bar is not None:
-            self._bar.update(n)
+    def stop(self, reason):
+        """Tells the engine to make no more changes, with the reason; returns
+        None, for `return decision.stop("...")`."""
+        self.stop_reason = reason
+        return None
 
 
 class LinearizationCallback(keras.callbacks.Callback):
     """Linearizes collapsible activations during `fit`, one decision every
     `interval` epochs, guided by a scorer, and undoes what costs accuracy.
 
-    The shared policy of `TLCCallback`, `EASIERCallback` and custom methods:
-    pass a scorer (a `keras_collapse.scores.Scorer`, or a callable
-    `(context, pairs) -> [(pair, value), ...]`, lowest value safest) to use
-    your own ranking.
+    The shared policy of `TLCCallback`, `EASIERCallback`,
+    `NEPENTHECallback` and custom methods: pass a scorer (a
+    `keras_collapse.scores.Scorer`, or a callable `(context, pairs) ->
+    [(pair, value), ...]`, lowest value safest) to use your own ranking, or
+    subclass and override `make_change` (the one hook a method needs) to
+    change the model your own way.
 
     At every decision (after `warmup_epochs`, then every `interval` epochs):
 
@@ -170,9 +126,14 @@ class LinearizationCallback(keras.callbacks.Callback):
             accuracy (else loss) measured on its sample; without, the first
             of `val_<accuracy>`, `<accuracy>`, `val_loss`, `loss` in `logs`.
             Any other name is read from `logs`. Defaults to `"auto"`.
+        mode: "auto", "min" or "max", the monitored value's good direction,
+            as in Keras' `EarlyStopping`: "auto" reads it from the metric
+            (a loss is minimized; a compiled metric says its own direction:
+            accuracy and AUC up) and raises a ValueError naming `mode` when
+            the metric does not say. Defaults to `"auto"`.
         tolerance: float >= 0, how far the monitored value may fall: absolute
-            for accuracies (0.01 is one point), relative for losses (0.05 is
-            5 %). Defaults to `None`: 0.02 for accuracies, 0.05 for losses.
+            when maximized (0.01 is one point of accuracy), relative when
+            minimized (0.05 is 5 %). Defaults to `None`: 0.02 and 0.05.
         patience: int >= 1, rollbacks in a row after which it stops.
             Defaults to `3`.
         max_layers: int or None, the most activations to linearize.
@@ -225,6 +186,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         interval=2,
         ramp_epochs=1,
         monitor="auto",
+        mode="auto",
         tolerance=None,
         patience=3,
         max_layers=None,
@@ -249,38 +211,17 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`cost_model` must be callable as cost_model(kind, kernel_shape, "
                 f"output_positions), or None. Received: {cost_model!r}"
             )
-        check_pace(per_decision)
+        self.schedule = Schedule(warmup_epochs, interval, ramp_epochs)
+        self.guard = Guard(monitor, mode, tolerance)
+        Pace(per_decision)  # checked here, made afresh at each fit
         self.exact = exact
         self.cost_model = cost_model
         self.per_decision = per_decision
-        check_int("warmup_epochs", warmup_epochs, 1)
-        check_int("interval", interval, 1)
-        check_int("ramp_epochs", ramp_epochs, 0)
-        if ramp_epochs > interval:
-            raise ValueError(
-                "`ramp_epochs` must be at most `interval` (the change is judged "
-                f"at the next decision). Received: ramp_epochs={ramp_epochs}, "
-                f"interval={interval}"
-            )
         check_int("patience", patience, 1)
         check_int("samples", samples, 1)
         check_int("batch_size", batch_size, 1)
         if max_layers is not None:
             check_int("max_layers", max_layers, 1)
-        if tolerance is not None and (
-            isinstance(tolerance, bool)
-            or not isinstance(tolerance, (int, float))
-            or not tolerance >= 0
-        ):
-            raise ValueError(
-                f"`tolerance` must be a number >= 0 or None. Received: "
-                f"tolerance={tolerance!r}"
-            )
-        if not isinstance(monitor, str):
-            raise ValueError(
-                "`monitor` must be 'auto' or a metric name. Received: "
-                f"monitor={monitor!r}"
-            )
         if candidates is not None and (
             isinstance(candidates, str)
             or not all(isinstance(c, str) for c in candidates)
@@ -313,11 +254,6 @@ class LinearizationCallback(keras.callbacks.Callback):
             )
         self.data = data
         self.validation_data = validation_data
-        self.warmup_epochs = warmup_epochs
-        self.interval = interval
-        self.ramp_epochs = ramp_epochs
-        self.monitor = monitor
-        self.tolerance = tolerance
         self.patience = patience
         self.max_layers = max_layers
         self.candidates = None if candidates is None else list(candidates)
@@ -327,11 +263,21 @@ class LinearizationCallback(keras.callbacks.Callback):
         self.seed = seed
         self.verbose = verbose
 
+    # The schedule's and the guard's arguments, as attributes of their own.
+    warmup_epochs = property(lambda self: self.schedule.warmup_epochs)
+    interval = property(lambda self: self.schedule.interval)
+    ramp_epochs = property(lambda self: self.schedule.ramp_epochs)
+    monitor = property(lambda self: self.guard.monitor)
+    mode = property(lambda self: self.guard.mode)
+    tolerance = property(lambda self: self.guard.tolerance)
+    monitored = property(lambda self: self.guard.monitored)
+
     # ------------------------------------------------------------- lifecycle
     def on_train_begin(self, logs=None):
         self.linearized, self.kept, self.events = [], [], []
         self.rollbacks = 0
-        self.pace = self.per_decision  # a fraction halves at each rollback
+        self.pace = Pace(self.per_decision)  # a fraction halves at each rollback
+        self.guard.monitored = self.guard.maximize = None
         self._pending = None
         self._ramp = None
         self._best = None
@@ -340,7 +286,6 @@ class LinearizationCallback(keras.callbacks.Callback):
         self._last_epoch = None
         self._last_value = None
         self._measured = math.nan
-        self.monitored = None
         self._rng = np.random.default_rng(self.seed)
         self._pairs = find_pairs(self.model)
         if not self._pairs:
@@ -411,84 +356,17 @@ class LinearizationCallback(keras.callbacks.Callback):
         pool = self._candidate_pairs()
         if not pool:
             return True  # nothing to choose from: said elsewhere
-        units = self._units(pool)
-        if units.for_objective(self.objective):
+        found = units_of(self.model, pool, exact=self.exact, cost_model=self.cost_model)
+        if found.for_objective(self.objective):
             return True
         if not getattr(self, "_warned_no_unit", False):
             self._warned_no_unit = True
             warnings.warn(
                 f"{self.method}: in model '{self.model.name}', "
-                f"{units.why_none(self.objective)} This callback does nothing.",
+                f"{found.why_none(self.objective)} This callback does nothing.",
                 stacklevel=3,
             )
         return False
-
-    def _units(self, pool):
-        """The merge units among the `pool` activations, as the model is."""
-        sync_training_state(self.model)
-        return merge_units(
-            self.model,
-            candidates=[p.activation.name for p in pool],
-            exact=self.exact,
-            cost_model=self.cost_model,
-        )
-
-    def _unit_pool(self, pool):
-        """`(units, pool)`: the merge units that buy something under the
-        objective, and the pool cut to their members (units None and the
-        pool whole for "activations")."""
-        if self.objective == "activations":
-            return None, pool
-        self._found = self._units(pool)
-        units = self._found.for_objective(self.objective)
-        members = {name for unit in units for name in unit.activations}
-        return units, [p for p in pool if p.activation.name in members]
-
-    def _pick_unit(self, ranked, units, room):
-        """`(scores, units taken)`: the scores of the members of the pace's
-        units with the lowest combined score per unit of gain (ties: the
-        larger gain), plus the units the scorer's `also_take` covers whole;
-        no scores when no unit is fully scored or fits in `room`."""
-        by_name = {s.pair.activation.name: s for s in ranked}
-        units = [u for u in units if all(n in by_name for n in u.activations)]
-        units = [priced for u in units if (priced := self._with_off(u, by_name))]
-
-        def key(unit):
-            total = sum(
-                float(np.nan_to_num(by_name[n].value, nan=np.inf))
-                for n in unit.activations
-            )
-            gain = unit.gain(self.objective)
-            # A negative score (the loss falls) is better with more gain.
-            return (total / gain if total >= 0 else total * gain, -gain)
-
-        names, taken, count = [], 0, self._count(len(units))
-        extra = {s.pair.activation.name for s in self.scorer.also_take(ranked)}
-        for unit in sorted(units, key=key):
-            members = set(unit.activations)
-            if len(names) + len(members) > room or members & set(names):
-                continue
-            if taken < count or members <= extra:
-                names += unit.activations
-                taken += 1
-        return [by_name[n] for n in names], taken
-
-    def _count(self, available):
-        """How many of `available` candidates (or units) this decision
-        takes: the pace, or its fraction of them (at least one)."""
-        if is_int(self.pace):
-            return self.pace
-        return max(1, math.ceil(self.pace * available))
-
-    def _with_off(self, unit, by_name):
-        """`unit` priced with the OFF channels its members' scores zero (a
-        cut can leave nothing worth merging), or None if it then buys
-        nothing."""
-        off = {n: by_name[n].off for n in unit.activations}
-        if not any(mask is not None and np.any(mask) for mask in off.values()):
-            return unit
-        priced = self._found.evaluate(unit.activations, off)
-        return priced if priced.buys(self.objective) else None
 
     def _unscorable_message(self):
         return (
@@ -518,7 +396,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             self._ramp.finish()
         if self._pending is not None:
             if not self._measures_itself() and (
-                self._last_epoch == self._pending["epoch"]
+                self._last_epoch == self._pending.epoch
             ):
                 self._rollback(self._last_epoch, None, "no epoch trained to judge it")
             else:
@@ -527,13 +405,78 @@ class LinearizationCallback(keras.callbacks.Callback):
                 self._judge(self._last_epoch, value)
         self._recalibrate()
 
+    # ------------------------------------------------------------- the hook
+    def make_change(self, decision):
+        """Changes the model at one decision; the one hook a method
+        overrides.
+
+        Called after the last change was judged, with the weights' snapshot
+        already taken (a rollback restores it). The default linearizes the
+        scorer's safest candidates (with what `also_take` adds), at the
+        pace's count, eased in over `ramp_epochs`; with "depth" / "latency",
+        whole merge units.
+
+        Args:
+            decision: a `Decision` (epoch, pool, units, room, context).
+
+        Returns:
+            a `Change` (the activations it linearized, the records to undo
+            on a rollback, the event to record), or
+            `decision.stop(reason)` when there is nothing to do.
+        """
+        ranked = self.scorer(decision.context, decision.pool)
+        if not ranked:
+            return decision.stop("no candidate with statistics left")
+        if decision.units is None:
+            first = ranked[: self.pace.count(len(ranked))]
+            chosen = first + [
+                s for s in self.scorer.also_take(ranked) if s not in first
+            ]
+            chosen = chosen[: decision.room if decision.room != math.inf else None]
+            groups = len(chosen)
+        else:
+            extra = {s.pair.activation.name for s in self.scorer.also_take(ranked)}
+            chosen, groups = pick_units(
+                ranked,
+                decision.units,
+                decision.found,
+                self.objective,
+                self.pace.count(len(decision.units)),
+                decision.room,
+                extra,
+            )
+            if not chosen:
+                return decision.stop("no merge unit fully scored fits")
+        steps = (self.params or {}).get("steps")
+        ramp_steps = self.ramp_epochs * steps if steps else 0
+        self._ramp = Ramp(self.model, chosen, ramp_steps)
+        off = [None if s.off is None else int(np.sum(s.off)) for s in chosen]
+        details = {
+            "ranking": self.scorer.name,
+            "label": self.scorer.label,
+            "values": [s.value for s in chosen],
+            "channels_off": off,
+            "ramp_epochs": self.ramp_epochs if ramp_steps else 0,
+            "ranked": [(s.pair.activation.name, s.value) for s in ranked],
+            "objective": self.objective,
+            "pace": self.pace.value,
+            "units": None
+            if decision.units is None
+            else [(u.activations, u.gain(self.objective)) for u in decision.units],
+        }
+        # A fractional pace retries a rolled-back group at half the pace; a
+        # single candidate that fails stays nonlinear for good.
+        return Change(
+            layers=[s.pair.activation.name for s in chosen],
+            ramp=self._ramp,
+            retry=self.pace.fractional and groups > 1,
+            details=details,
+        )
+
     # ------------------------------------------------------------- decisions
     def _step(self, epoch, logs):
         self._last_epoch = epoch
-        is_decision = (epoch + 1 - self.warmup_epochs) % self.interval == 0 and (
-            epoch + 1 >= self.warmup_epochs
-        )
-        if not is_decision:
+        if not self.schedule.is_decision(epoch):
             self._value(epoch, logs, final=False)
             return
         if self._ramp is not None:
@@ -544,20 +487,72 @@ class LinearizationCallback(keras.callbacks.Callback):
             return
         if self._pending is not None:
             self._judge(epoch, value)
-        elif self._best is None or self._better(value, self._best) == value:
+        elif self._best is None or self.guard.better(value, self._best) == value:
             self._best = value
-        if not self._stopped and self._room_after(epoch):
-            self._act(epoch)
+        epochs = (self.params or {}).get("epochs")
+        if not self._stopped and self.schedule.room_after(epoch, epochs):
+            self._decide(epoch)
+
+    def _decide(self, epoch):
+        """Builds the decision, takes the snapshot, asks `make_change`."""
+        if self.max_layers is not None and len(self.linearized) >= self.max_layers:
+            return self._stop(epoch, f"max_layers={self.max_layers} reached")
+        pool = self._candidate_pairs()
+        if not pool:
+            return self._stop(epoch, "no candidate left")
+        units = found = None
+        if self.objective != "activations":
+            found = units_of(
+                self.model, pool, exact=self.exact, cost_model=self.cost_model
+            )
+            units = found.for_objective(self.objective)
+            members = {name for unit in units for name in unit.activations}
+            pool = [p for p in pool if p.activation.name in members]
+            if not pool:
+                return self._stop(
+                    epoch, f"no merge unit left under objective {self.objective!r}"
+                )
+        room = (
+            math.inf
+            if self.max_layers is None
+            else self.max_layers - len(self.linearized)
+        )
+        context = DecisionContext(
+            self.model,
+            data=self._data,
+            sample=self._sample,
+            rng=self._rng,
+            batch_size=self.batch_size,
+            verbose=self.verbose,
+            on_skip=lambda name, reason: self._skip(epoch, name, reason),
+            graph=self._graph,
+        )
+        decision = Decision(epoch, pool, units, found, room, context)
+        sync_training_state(self.model)
+        snapshot = self.model.get_weights()
+        change = self.make_change(decision)
+        if change is None:
+            return self._stop(epoch, decision.stop_reason or "no change made")
+        change.epoch, change.reference, change.snapshot = epoch, self._best, snapshot
+        self._pending = change
+        self.linearized.extend(change.layers)
+        self._event(
+            epoch,
+            change.action,
+            change.layers,
+            message=change.message,
+            **change.details,
+        )
 
     def _judge(self, epoch, value):
         pending, self._pending = self._pending, None
-        reference = pending["reference"]
-        if value is not None and self._within_tolerance(value, reference):
+        reference = pending.reference
+        if value is not None and self.guard.within(value, reference):
             self._rejections = 0
-            self._best = self._better(value, reference)
-            self._event(
-                epoch, "accepted", pending["layers"], value=value, best=reference
+            self._best = (
+                value if reference is None else self.guard.better(value, reference)
             )
+            self._event(epoch, "accepted", pending.layers, value=value, best=reference)
         else:
             self._rollback(epoch, value, "the monitored value fell too far", pending)
 
@@ -565,118 +560,36 @@ class LinearizationCallback(keras.callbacks.Callback):
         pending = pending or self._pending
         self._pending = None
         sync_training_state(self.model)
-        records = list(pending.get("records", ()))
-        if pending.get("ramp") is not None:
-            records += pending["ramp"].records or []
-        for record in reversed(records):
+        for record in pending.undo_records():
             record.undo()
-        self.model.set_weights(pending["snapshot"])
+        self.model.set_weights(pending.snapshot)
         rebuild_train_function(self.model)
         self.rollbacks += 1
         self._rejections += 1
-        if not is_int(self.pace):
-            self.pace /= 2
-        for name in pending["layers"]:
+        self.pace.rolled_back()
+        for name in pending.layers:
             self.linearized.remove(name)
-            if not pending.get("retry"):
+            if not pending.retry:
                 self.kept.append(name)
         self._event(
             epoch,
             "rolled back",
-            pending["layers"],
+            pending.layers,
             value=value,
-            best=pending["reference"],
+            best=pending.reference,
             reason=reason,
-            retried=bool(pending.get("retry")),
+            retried=pending.retry,
         )
         if self._rejections >= self.patience:
             self._stop(epoch, f"{self._rejections} rollbacks in a row (patience)")
 
-    def _act(self, epoch):
-        """Makes one decision's change (after the guard let it): by default
-        the scorer's first candidates are linearized. A method that changes
-        the model otherwise overrides this; it takes a snapshot
-        (`model.get_weights()`, after `sync_training_state`) before changing
-        anything and hands it to `_pend` with the undo records, or calls
-        `_stop`."""
-        if self.max_layers is not None and len(self.linearized) >= self.max_layers:
-            return self._stop(epoch, f"max_layers={self.max_layers} reached")
-        pool = self._candidate_pairs()
-        if not pool:
-            return self._stop(epoch, "no candidate left")
-        units, pool = self._unit_pool(pool)
-        if not pool:
-            return self._stop(
-                epoch, f"no merge unit left under objective {self.objective!r}"
-            )
-        sync_training_state(self.model)
-        ranked = self.scorer(DecisionContext(self), pool)
-        if not ranked:
-            return self._stop(epoch, "no candidate with statistics left")
-        room = (
-            math.inf
-            if self.max_layers is None
-            else self.max_layers - len(self.linearized)
-        )
-        if units is None:
-            first = ranked[: self._count(len(ranked))]
-            chosen = first + [
-                s for s in self.scorer.also_take(ranked) if s not in first
-            ]
-            chosen = chosen[: room if room != math.inf else None]
-            groups = len(chosen)
-        else:
-            chosen, groups = self._pick_unit(ranked, units, room)
-            if not chosen:
-                return self._stop(epoch, "no merge unit fully scored fits")
-        sync_training_state(self.model)
-        snapshot = self.model.get_weights()
-        steps = (self.params or {}).get("steps")
-        ramp_steps = self.ramp_epochs * steps if steps else 0
-        self._ramp = Ramp(self.model, chosen, ramp_steps)
-        layers = [s.pair.activation.name for s in chosen]
-        # A fractional pace retries a rolled-back group at half the pace; a
-        # single candidate that fails stays nonlinear for good.
-        retry = not is_int(self.pace) and groups > 1
-        self._pend(epoch, layers, snapshot, ramp=self._ramp, retry=retry)
-        off = [None if s.off is None else int(np.sum(s.off)) for s in chosen]
-        self._event(
-            epoch,
-            "linearized",
-            layers,
-            ranking=self.scorer.name,
-            label=self.scorer.label,
-            values=[s.value for s in chosen],
-            channels_off=off,
-            ramp_epochs=self.ramp_epochs if ramp_steps else 0,
-            ranked=[(s.pair.activation.name, s.value) for s in ranked],
-            objective=self.objective,
-            pace=self.pace,
-            units=None
-            if units is None
-            else [(u.activations, u.gain(self.objective)) for u in units],
-        )
-
-    def _pend(self, epoch, layers, snapshot, records=(), ramp=None, retry=False):
-        """Records a change to judge at the next decision: `layers` the
-        activations it linearized, `snapshot` the weights before it,
-        `records` what to `undo()` on rollback (in reverse order), `ramp` a
-        `Ramp` whose records are undone too; with `retry`, a rollback
-        returns `layers` to the candidates instead of keeping them."""
-        self.linearized.extend(layers)
-        self._pending = {
-            "epoch": epoch,
-            "layers": list(layers),
-            "records": list(records),
-            "ramp": ramp,
-            "snapshot": snapshot,
-            "reference": self._best,
-            "retry": retry,
-        }
-
     def _stop(self, epoch, reason):
         self._stopped = True
         self._event(epoch, "stopped", [], reason=reason)
+
+    def _skip(self, epoch, name, reason):
+        self.kept.append(name)
+        self._event(epoch, "skipped", [name], reason=reason)
 
     def _candidate_pairs(self):
         done = set(self.linearized) | set(self.kept)
@@ -704,16 +617,19 @@ class LinearizationCallback(keras.callbacks.Callback):
             if not final:
                 return None
             result = self._evaluate()
-            self.monitored = self.monitored or _accuracy_key(result) or "loss"
+            if self.monitored is None:
+                key = accuracy_key(result) or "loss"
+                self.guard.resolve(key, self.model)
             self._measured = float(result[self.monitored])
             self._last_value = self._measured
             return self._measured
         if not logs:
             return self._last_value
         if self.monitored is None:
-            self.monitored = self._resolve_monitor(logs)
-            if self.monitored is None:
+            key = self._resolve_monitor(logs)
+            if key is None:
                 return None
+            self.guard.resolve(key, self.model)
         value = logs.get(self.monitored)
         if value is None:
             return None
@@ -732,7 +648,7 @@ class LinearizationCallback(keras.callbacks.Callback):
                 )
                 return None
             return self.monitor
-        accuracy = _accuracy_key(logs, prefix="val_") or _accuracy_key(logs)
+        accuracy = accuracy_key(logs, prefix="val_") or accuracy_key(logs)
         for key in (accuracy, "val_loss", "loss"):
             if key is not None and key in logs:
                 return key
@@ -761,28 +677,8 @@ class LinearizationCallback(keras.callbacks.Callback):
         labelled sample (else a metric read from `logs`)."""
         return getattr(self, "_sample", None) is not None and self.monitor == "auto"
 
-    def _maximize(self):
-        return "acc" in (self.monitored or "")
-
-    def _better(self, a, b):
-        return max(a, b) if self._maximize() else min(a, b)
-
-    def _within_tolerance(self, value, reference):
-        if reference is None or not math.isfinite(value):
-            return math.isfinite(value)
-        if self._maximize():
-            tolerance = 0.02 if self.tolerance is None else self.tolerance
-            return value >= reference - tolerance
-        tolerance = 0.05 if self.tolerance is None else self.tolerance
-        return value <= reference + tolerance * abs(reference)
-
-    def _room_after(self, epoch):
-        """Whether training lasts long enough to judge a change made now."""
-        epochs = (self.params or {}).get("epochs")
-        return epochs is None or epoch + self.interval <= epochs - 1
-
     # --------------------------------------------------------------- records
-    def _event(self, epoch, action, layers, **details):
+    def _event(self, epoch, action, layers, message=None, **details):
         event = {
             "epoch": None if epoch is None else epoch + 1,
             "action": action,
@@ -797,29 +693,12 @@ class LinearizationCallback(keras.callbacks.Callback):
                 else self.monitored
             )
             # A line of its own, after Keras' progress bar (as Keras' callbacks do).
-            print("\n" + _describe(self.method, event, key))
-
-
-def _accuracy_key(logs, prefix=""):
-    """The first accuracy-like key: `val_...acc...` with prefix "val_",
-    a training one without. The callbacks' own entries are skipped."""
-    for key in logs:
-        if not key.startswith(prefix) or _is_callback_entry(key):
-            continue
-        if (prefix or not key.startswith("val_")) and "acc" in key[len(prefix) :]:
-            return key
-    return None
-
-
-def _is_callback_entry(key):
-    """`<prefix>_linearized`, `<prefix>_val_<metric>`...: what a linearization
-    callback writes into the logs, never a metric to monitor."""
-    return key.endswith(("_linearized", "_rollbacks")) or (
-        "_val_" in key and not key.startswith("val_")
-    )
+            line = message or _describe(self.method, event, key)
+            print("\n" + line)
 
 
 def _describe(method, event, key):
+    """The engine's own events as a verbose line."""
     epoch = "" if event["epoch"] is None else f"Epoch {event['epoch']}: "
     layers = ", ".join(event["layers"])
     action = event["action"]
@@ -835,13 +714,6 @@ def _describe(method, event, key):
             f"{epoch}{method} linearized {layers} ({event['label']} {values}; "
             f"{off} OFF channels zeroed; {how})."
         )
-    if action == "pruned":
-        linearized = f"linearized {layers}; " if layers else ""
-        return (
-            f"{epoch}{method} {linearized}pruned {sum(event['pruned'].values())} "
-            f"weights in {sum(1 for n in event['pruned'].values() if n)} layer(s); "
-            f"sparsity {event['overall_sparsity']:.1%}."
-        )
     if action in ("accepted", "rolled back"):
         value = event.get("value")
         shown = "n/a" if value is None else f"{value:.4f}"
@@ -855,4 +727,5 @@ def _describe(method, event, key):
             f"{epoch}{method} {action}{what}: {key} {shown}, best before {best}{tail}."
         )
     what = f" {layers}" if layers else ""
-    return f"{epoch}{method} {action}{what}: {event.get('reason', '')}."
+    reason = event.get("reason")
+    return f"{epoch}{method} {action}{what}" + (f": {reason}." if reason else ".")

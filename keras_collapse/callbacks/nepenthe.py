@@ -6,9 +6,8 @@ import math
 import keras
 import numpy as np
 
-from keras_collapse.callbacks.engine import DecisionContext
+from keras_collapse.callbacks.change import Change
 from keras_collapse.callbacks.engine import LinearizationCallback
-from keras_collapse.collapsible import sync_training_state
 from keras_collapse.linearize import linearize_pairs
 from keras_collapse.linearize import rebuild_train_function
 from keras_collapse.masks import held_mask
@@ -20,6 +19,19 @@ from keras_collapse.prune import sparsity
 from keras_collapse.scores.scorers import EntropyScorer
 
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
+class _RoundUndo:
+    """A rolled-back round: marked in `rounds`; the next prune half as much
+    (the same round again would fail again)."""
+
+    def __init__(self, callback, round_):
+        self.callback, self.round = callback, round_
+
+    def undo(self):
+        self.round["rolled_back"] = True
+        if any(self.round["pruned"].values()):
+            self.callback.fraction /= 2
 
 
 class NEPENTHECallback(LinearizationCallback):
@@ -195,52 +207,27 @@ class NEPENTHECallback(LinearizationCallback):
             logs[f"{prefix}_sparsity_{layer.name}"] = state.layers[layer.name]
             logs[f"{prefix}_entropy_{act}"] = float(self._entropy.get(act, math.nan))
 
-    def _rollback(self, epoch, value, reason, pending=None):
-        super()._rollback(epoch, value, reason, pending)
-        if self.rounds:
-            self.rounds[-1]["rolled_back"] = True
-            if any(self.rounds[-1]["pruned"].values()):
-                self.fraction /= 2
-
     # ------------------------------------------------------------ one round
-    def _candidate_pairs(self):
-        return [
-            p for p in super()._candidate_pairs() if p.activation.name in self._kernels
-        ]
-
-    def _act(self, epoch):
-        pool = self._candidate_pairs()
+    def make_change(self, decision):
+        """One NEPENTHE round: linearize the candidates at zero entropy,
+        prune the others by entropy-weighted magnitude (see the class)."""
+        pool = [p for p in decision.pool if p.activation.name in self._kernels]
         if not pool:
-            return self._stop(epoch, "no candidate left")
-        # With objective "depth"/"latency", only the members of merge units
-        # are pruned and linearized: the others would buy nothing.
-        _, pool = self._unit_pool(pool)
-        if not pool:
-            return self._stop(
-                epoch, f"no merge unit left under objective {self.objective!r}"
-            )
-        sync_training_state(self.model)
-        stats = DecisionContext(self).statistics(pool)
+            return decision.stop("no candidate left")
+        stats = decision.context.statistics(pool)
         by_name = {s.name: s for s in stats}
         zero, scored = [], []
-        room = (
-            math.inf
-            if self.max_layers is None
-            else self.max_layers - len(self.linearized)
-        )
         for pair in pool:
             s = by_name[pair.activation.name]
             if not math.isfinite(s.entropy):
-                DecisionContext(self).skip(s.name, "non-finite statistics")
+                decision.context.skip(s.name, "non-finite statistics")
                 continue
             self._entropy[s.name] = s.entropy
             if s.entropy <= self.zero_entropy:
-                if len(zero) < room:
+                if len(zero) < decision.room:
                     zero.append((pair, s.never_on))
             else:
                 scored.append(pair)
-        sync_training_state(self.model)
-        snapshot = self.model.get_weights()
         records = self._linearize(zero)
         entropy, scores, remaining, kernels = {}, {}, {}, {}
         for pair in scored:
@@ -265,9 +252,8 @@ class NEPENTHECallback(LinearizationCallback):
             self.model, {kernels[n]: c for n, c in pruned.items() if c}
         )
         if not zero and not any(pruned.values()):
-            return self._stop(epoch, "nothing left to prune or linearize")
+            return decision.stop("nothing left to prune or linearize")
         layers = [pair.activation.name for pair, _ in zero]
-        self._pend(epoch, layers, snapshot, records)
         state = sparsity(self.model)
         event = {
             "linearized": layers,
@@ -281,8 +267,26 @@ class NEPENTHECallback(LinearizationCallback):
             "sparsity": {a: state.layers[k.name] for a, k in self._kernels.items()},
             "overall_sparsity": self._overall(state),
         }
-        self.rounds.append({"epoch": epoch + 1, "rolled_back": False, **event})
-        self._event(epoch, "pruned", layers, **event)
+        round_ = {"epoch": decision.epoch + 1, "rolled_back": False, **event}
+        self.rounds.append(round_)
+        # On a rollback the round is marked and the fraction halved.
+        records.insert(0, _RoundUndo(self, round_))
+        return Change(
+            layers=layers,
+            records=records,
+            action="pruned",
+            details=event,
+            message=self._describe_round(decision.epoch, layers, event),
+        )
+
+    def _describe_round(self, epoch, layers, event):
+        linearized = f"linearized {', '.join(layers)}; " if layers else ""
+        pruned = event["pruned"].values()
+        return (
+            f"Epoch {epoch + 1}: {self.method} {linearized}pruned {sum(pruned)} "
+            f"weights in {sum(1 for n in pruned if n)} layer(s); sparsity "
+            f"{event['overall_sparsity']:.1%}."
+        )
 
     def _overall(self, state):
         names = {layer.name for layer in self._kernels.values()}

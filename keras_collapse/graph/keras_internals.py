@@ -5,7 +5,8 @@ call arguments; `keras.models.clone_model` rebuilds a graph but cannot merge
 two layers into one. What is read here (pinned by tests/graph/test_ir.py):
 `Functional._nodes_by_depth`, `_inputs_struct`, `_outputs_struct`,
 `Layer._flatten_layers`,
-`Sequential._functional`, and `Node.operation / arguments / outputs / is_input`.
+`Sequential._functional`, `Node.operation / arguments / outputs / is_input`,
+and `Metric._direction` (as `MonitorCallback` reads it).
 """
 
 import keras
@@ -68,3 +69,19 @@ def sublayers(operation):
     if not isinstance(operation, keras.layers.Layer):
         return []
     return list(operation._flatten_layers(include_self=True, recursive=True))
+
+
+def metric_direction(model, name):
+    """ "up" or "down" for the compiled metric of `model` named `name` (its
+    private `_direction`, what Keras' `MonitorCallback` reads), or None when
+    no compiled metric of that name says."""
+    found = []
+    for metric in getattr(model, "metrics", None) or []:
+        found.append(metric)
+        found.extend(getattr(metric, "metrics", None) or [])  # CompileMetrics
+    for metric in found:
+        if getattr(metric, "name", None) == name:
+            direction = getattr(metric, "_direction", None)
+            if direction in ("up", "down"):
+                return direction
+    return None

@@ -64,6 +64,60 @@ def check_trainable_alpha(value):
     return value
 
 
+# The step a regularized slope takes per optimizer step, over the model's
+# learning rate: at Adam 3e-4 a slope stored unscaled moves at most 3e-4 a
+# step, so the LayerCollapse pull would need thousands of steps to reach 1.
+LAYERCOLLAPSE_ALPHA_SCALE = 32.0
+
+
+def resolve_alpha_scale(alpha_scale, alpha_regularizer=None):
+    """`alpha_scale` as the power of two it is rounded to (None: 1, or
+    `LAYERCOLLAPSE_ALPHA_SCALE` when a regularizer pulls the slope).
+
+    A power of two keeps `alpha = scale * stored` exact in floating point, so
+    a slope projected to exactly 1 is exactly 1.
+
+    Raises:
+        ValueError: unless `alpha_scale` is None or a finite number > 0.
+    """
+    if alpha_scale is None:
+        return LAYERCOLLAPSE_ALPHA_SCALE if alpha_regularizer is not None else 1.0
+    if (
+        isinstance(alpha_scale, bool)
+        or not isinstance(alpha_scale, (int, float, np.integer, np.floating))
+        or not 0 < alpha_scale < float("inf")
+    ):
+        raise ValueError(
+            "`alpha_scale` must be a finite number > 0 (how many times faster "
+            "than the model's weights the optimizer moves the slope), or None. "
+            f"Received: alpha_scale={alpha_scale!r}"
+        )
+    return float(2.0 ** round(np.log2(float(alpha_scale))))
+
+
+def check_alpha_range(alpha_range):
+    """`alpha_range` as a `(low, high)` tuple of floats, or None.
+
+    Raises:
+        ValueError: unless it is None or two finite numbers with low <= high.
+    """
+    if alpha_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in alpha_range)
+        ok = isinstance(alpha_range, (list, tuple)) and not any(
+            isinstance(v, bool) for v in alpha_range
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ValueError(
+            "`alpha_range` must be None or (low, high), two finite numbers with "
+            f"low <= high. Received: alpha_range={alpha_range!r}"
+        )
+    return (low, high)
+
+
 def _resolve_shared_axes(shared_axes):
     if shared_axes is None or shared_axes == "all":
         return shared_axes
@@ -122,6 +176,22 @@ class CollapsibleActivation(keras.layers.Layer):
             weighs every layer alike); `None` one alpha per element (Keras'
             `PReLU` default); `[1, 2]` one per channel of an image. Defaults
             to `"all"`.
+        alpha_scale: float > 0, the slope's own learning-rate scale: the
+            variable stores `alpha / alpha_scale`, so an optimizer step moves
+            `alpha` `alpha_scale` times as far as it moves a weight (with
+            Adam, up to `alpha_scale * learning_rate` a step). Rounded to a
+            power of two (exact arithmetic). None: 1, or 32 when a
+            regularizer pulls the slope, so that the LayerCollapse pull
+            reaches the identity within a few hundred steps at Adam 3e-4.
+            Regularizers and constraints see `alpha` itself. Defaults to
+            `None`.
+        alpha_range: `(low, high)`, None (unbounded) or "auto": after every
+            optimizer step `alpha` is clipped to this range (a projection:
+            exactly `high` is reachable, and stays reachable for the
+            gradient). "auto": `(0, 1)` when a regularizer pulls the slope (a
+            blend between the activation and the identity), else None.
+            `(0, 0)` pins a trainable slope at the activation. Defaults to
+            `"auto"`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Example:
@@ -145,6 +215,8 @@ class CollapsibleActivation(keras.layers.Layer):
         alpha_constraint=None,
         trainable_alpha=None,
         shared_axes="all",
+        alpha_scale=None,
+        alpha_range="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -159,6 +231,19 @@ class CollapsibleActivation(keras.layers.Layer):
         self.alpha_constraint = keras.constraints.get(alpha_constraint)
         self.trainable_alpha = check_trainable_alpha(trainable_alpha)
         self.shared_axes = _resolve_shared_axes(shared_axes)
+        self.alpha_scale = resolve_alpha_scale(alpha_scale, self.alpha_regularizer)
+        if isinstance(alpha_range, str) and alpha_range == "auto":
+            alpha_range = (0.0, 1.0) if self.alpha_regularizer is not None else None
+        self.alpha_range = check_alpha_range(alpha_range)
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before `alpha_scale` / `alpha_range` stored alpha itself
+        # and bounded nothing, whatever their regularizer.
+        config = dict(config)
+        config.setdefault("alpha_scale", 1.0)
+        config.setdefault("alpha_range", None)
+        return cls(**config)
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -185,9 +270,11 @@ class CollapsibleActivation(keras.layers.Layer):
         self.alpha = self.add_weight(
             shape=tuple(alpha_shape),
             name="alpha",
-            initializer=self.alpha_initializer,
-            regularizer=self.alpha_regularizer,
-            constraint=self.alpha_constraint,
+            initializer=self._stored_initializer,
+            regularizer=(
+                self._regularize_alpha if self.alpha_regularizer is not None else None
+            ),
+            constraint=self._constraint_or_none(),
             trainable=(
                 self.alpha_regularizer is not None
                 if self.trainable_alpha is None
@@ -202,6 +289,48 @@ class CollapsibleActivation(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
         )
+
+    # The variable holds alpha / alpha_scale; these see alpha itself.
+    def _stored_initializer(self, shape, dtype=None):
+        value = self.alpha_initializer(shape, dtype=dtype)
+        return value if self.alpha_scale == 1.0 else value / self.alpha_scale
+
+    def _regularize_alpha(self, stored):
+        return self.alpha_regularizer(stored * self.alpha_scale)
+
+    def _constrain_alpha(self, stored):
+        alpha = stored * self.alpha_scale
+        if self.alpha_constraint is not None:
+            alpha = self.alpha_constraint(alpha)
+        if self.alpha_range is not None:
+            alpha = ops.clip(alpha, *self.alpha_range)
+        return alpha / self.alpha_scale
+
+    def _constraint_or_none(self):
+        if self.alpha_constraint is None and self.alpha_range is None:
+            return None
+        return self._constrain_alpha
+
+    def set_alpha_range(self, alpha_range):
+        """Bounds `alpha` to `(low, high)` after every optimizer step (None:
+        unbounded), and clips it there now. Inside `fit`, sync the training
+        state first (`keras_collapse.sync_training_state`) and retrace the
+        train step after (the constraint is compiled into it)."""
+        self._require_built("set_alpha_range")
+        self.alpha_range = check_alpha_range(alpha_range)
+        self.alpha.constraint = self._constraint_or_none()
+        if self.alpha_range is not None:
+            alpha = ops.convert_to_numpy(self.alpha) * self.alpha_scale
+            self.set_alpha(np.clip(alpha, *self.alpha_range))
+
+    def set_alpha_scale(self, alpha_scale):
+        """Changes the slope's learning-rate scale (see `alpha_scale`),
+        keeping `alpha`. Inside `fit`, sync the training state first and
+        retrace the train step after."""
+        self._require_built("set_alpha_scale")
+        alpha = ops.convert_to_numpy(self.alpha) * self.alpha_scale
+        self.alpha_scale = resolve_alpha_scale(alpha_scale)
+        self.set_alpha(alpha)
 
     def call(self, inputs, training=None):
         act = self._activation_fn(inputs, **self.activation_kwargs)
@@ -220,6 +349,8 @@ class CollapsibleActivation(keras.layers.Layer):
     def _blend(self, inputs, act, training):
         # The lock acts on alpha (a few numbers), not on the activations.
         alpha = ops.cast(self.alpha, act.dtype)
+        if self.alpha_scale != 1.0:
+            alpha = alpha * self.alpha_scale
         alpha = ops.where(self.linear_lock > 0.5, ops.ones_like(alpha), alpha)
         blended = alpha * inputs + (1 - alpha) * act
         if training:
@@ -263,7 +394,7 @@ class CollapsibleActivation(keras.layers.Layer):
         self._require_built("alpha_numpy")
         if self.is_locked:
             return np.ones(self.alpha.shape, dtype="float32")
-        return ops.convert_to_numpy(self.alpha)
+        return ops.convert_to_numpy(self.alpha) * np.float32(self.alpha_scale)
 
     def set_alpha(self, value):
         """Sets `alpha` from a value that broadcasts to its shape.
@@ -281,7 +412,7 @@ class CollapsibleActivation(keras.layers.Layer):
                 f"expected a value that broadcasts to it. Received a value of "
                 f"shape {value.shape}"
             ) from None
-        self.alpha.assign(value)
+        self.alpha.assign(value / np.float32(self.alpha_scale))
 
     def lock_linear(self):
         """Makes the layer exactly the identity, and keeps it so while training.
@@ -321,6 +452,10 @@ class CollapsibleActivation(keras.layers.Layer):
                 "alpha_constraint": keras.constraints.serialize(self.alpha_constraint),
                 "trainable_alpha": self.trainable_alpha,
                 "shared_axes": self.shared_axes,
+                "alpha_scale": self.alpha_scale,
+                "alpha_range": (
+                    None if self.alpha_range is None else list(self.alpha_range)
+                ),
             }
         )
         return config

@@ -25,6 +25,11 @@ class CollapsiblePReLU(CollapsibleActivation):
             to `None`.
         shared_axes: `"all"` (one scalar alpha), `None` (one per element, as
             Keras' `PReLU`), or the axes to share along. Defaults to `"all"`.
+        alpha_scale: the slope's own learning-rate scale (see
+            `CollapsibleActivation`). Defaults to `None`: 1, or 32 with a
+            regularizer.
+        alpha_range: `(low, high)` bounds of `alpha`, None or "auto" (`(0, 1)`
+            with a regularizer). Defaults to `"auto"`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Example:
@@ -45,6 +50,8 @@ class CollapsiblePReLU(CollapsibleActivation):
         alpha_constraint=None,
         trainable_alpha=None,
         shared_axes="all",
+        alpha_scale=None,
+        alpha_range="auto",
         **kwargs,
     ):
         super().__init__(
@@ -54,6 +61,8 @@ class CollapsiblePReLU(CollapsibleActivation):
             alpha_constraint=alpha_constraint,
             trainable_alpha=trainable_alpha,
             shared_axes=shared_axes,
+            alpha_scale=alpha_scale,
+            alpha_range=alpha_range,
             **kwargs,
         )
 

@@ -231,6 +231,7 @@ class TestGuard(TestCase):
             x,
             interval=1,
             monitor="probe",
+            mode="min",
             patience=1,
             recalibrate=False,
             verbose=0,
@@ -258,7 +259,7 @@ class TestGuard(TestCase):
         model = trainable_model()
         x, y = regression_data()
         nep = kc.NEPENTHECallback(
-            x, interval=1, monitor="probe", recalibrate=False, verbose=0
+            x, interval=1, monitor="probe", mode="min", recalibrate=False, verbose=0
         )
         after = Recorder(["d0", "d1", "d2"])
         history = fit(model, (x, y), [Probe(), nep, after], epochs=4)

@@ -148,7 +148,9 @@ class TestChoices(TestCase):
 class TestGuard(TestCase):
     def test_rollback_restores_the_weights_and_keeps_the_layer(self):
         model = planted_model()
-        tlc = kc.TLCCallback(interval=1, monitor="probe", patience=1, verbose=0)
+        tlc = kc.TLCCallback(
+            interval=1, monitor="probe", mode="min", patience=1, verbose=0
+        )
         before, after = LogInjector(tlc), WeightRecorder()
         fit(model, teacher_data(model), [before, tlc, after], epochs=3)
         assert [e["action"] for e in tlc.events] == [

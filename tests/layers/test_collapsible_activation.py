@@ -325,3 +325,109 @@ class TestDescribe(TestCase):
         (states,) = kc.analyze_batchnorm(model)
         assert states.activation == "relu a=-0.4"
         assert "relu a=-0.4" in str(kc.analyze_batchnorm(model))
+
+
+class TestSlopeScaleAndRange(TestCase):
+    """`alpha_scale` (the slope's own learning-rate scale) and `alpha_range`
+    (a projection after every optimizer step)."""
+
+    def test_stored_value_is_alpha_over_the_scale_and_the_blend_uses_alpha(self):
+        layer = kc.CollapsibleActivation("gelu", alpha_scale=8.0)
+        x = self.random_inputs((4, 5))
+        layer.build(x.shape)
+        layer.set_alpha(0.75)
+        stored = keras.ops.convert_to_numpy(layer.alpha)
+        self.assert_close(stored, 0.75 / 8.0)
+        self.assert_close(layer.alpha_numpy(), 0.75)
+        act = keras.ops.convert_to_numpy(keras.activations.gelu(x))
+        self.assert_close(layer(x), 0.75 * x + 0.25 * act, atol=1e-6)
+
+    @pytest.mark.parametrize("given, expected", [(30.0, 32.0), (1, 1.0), (0.3, 0.25)])
+    def test_scale_is_rounded_to_a_power_of_two(self, given, expected):
+        assert kc.CollapsiblePReLU(alpha_scale=given).alpha_scale == expected
+
+    def test_regularized_slopes_default_to_scale_32_and_range_0_1(self):
+        layer = kc.CollapsiblePReLU(alpha_regularizer="linearity")
+        assert (layer.alpha_scale, layer.alpha_range) == (32.0, (0.0, 1.0))
+        free = kc.CollapsiblePReLU()
+        assert (free.alpha_scale, free.alpha_range) == (1.0, None)
+
+    def test_the_regularizer_sees_alpha(self):
+        layer = kc.CollapsiblePReLU(alpha_regularizer=kc.LinearityRegularizer(2.0))
+        layer.build((None, 3))
+        layer.set_alpha(0.5)
+        # 2 * (1 - 0.5)^2, whatever the stored value (0.5 / 32)
+        self.assert_close(sum(layer.losses), 0.5)
+
+    def test_one_adam_step_moves_alpha_scale_times_the_learning_rate(self):
+        inputs = keras.Input((4,))
+        layer = kc.CollapsiblePReLU(trainable_alpha=True, alpha_scale=16.0)
+        model = keras.Model(inputs, layer(inputs))
+        model.compile(keras.optimizers.Adam(1e-3), "mse")
+        x = -np.ones((8, 4), "float32")  # negative inputs: alpha matters
+        model.train_on_batch(x, np.zeros_like(x) - 5.0)  # wants alpha up
+        # Adam's first step is lr * sign(gradient) on the stored value.
+        self.assert_close(layer.alpha_numpy(), 16.0 * 1e-3, atol=1e-6)
+
+    def test_range_projects_after_each_step_and_reaches_the_bound_exactly(self):
+        inputs = keras.Input((4,))
+        layer = kc.CollapsiblePReLU(
+            trainable_alpha=True, alpha_scale=64.0, alpha_range=(0.0, 1.0)
+        )
+        model = keras.Model(inputs, layer(inputs))
+        model.compile(keras.optimizers.Adam(0.05), "mse")
+        x = -np.ones((8, 4), "float32")
+        for _ in range(5):  # each step would move alpha by 3.2
+            model.train_on_batch(x, np.zeros_like(x) - 5.0)
+        assert float(layer.alpha_numpy()) == 1.0
+        assert layer.is_linear
+
+    def test_pinned_range_keeps_a_trainable_slope_at_the_activation(self):
+        inputs = keras.Input((4,))
+        layer = kc.CollapsiblePReLU(trainable_alpha=True, alpha_scale=64.0)
+        model = keras.Model(inputs, layer(inputs))
+        model.compile(keras.optimizers.Adam(0.05), "mse")
+        layer.set_alpha(0.4)
+        layer.set_alpha_range((0.0, 0.0))
+        assert float(layer.alpha_numpy()) == 0.0
+        x = -np.ones((8, 4), "float32")
+        model.train_on_batch(x, np.zeros_like(x) - 5.0)
+        assert float(layer.alpha_numpy()) == 0.0
+
+    def test_set_scale_keeps_alpha(self):
+        layer = kc.CollapsiblePReLU(trainable_alpha=True)
+        layer.build((None, 3))
+        layer.set_alpha(0.3)
+        layer.set_alpha_scale(128)
+        self.assert_close(layer.alpha_numpy(), 0.3)
+        self.assert_close(keras.ops.convert_to_numpy(layer.alpha), 0.3 / 128)
+
+    def test_config_round_trip_and_saved_model(self, tmp_path):
+        inputs = keras.Input((4,))
+        layer = kc.CollapsiblePReLU(
+            trainable_alpha=True, alpha_scale=16.0, alpha_range=(0.0, 1.0)
+        )
+        model = keras.Model(inputs, layer(inputs))
+        layer.set_alpha(0.625)
+        loaded = self.save_and_load(model, tmp_path)
+        again = loaded.layers[-1]
+        assert (again.alpha_scale, again.alpha_range) == (16.0, (0.0, 1.0))
+        self.assert_close(again.alpha_numpy(), 0.625)
+        x = self.random_inputs((3, 4))
+        self.assert_close(loaded(x), model(x))
+
+    def test_a_config_from_before_the_scale_stores_alpha_itself(self):
+        config = kc.CollapsiblePReLU(alpha_regularizer="linearity").get_config()
+        del config["alpha_scale"], config["alpha_range"]
+        old = kc.CollapsiblePReLU.from_config(config)
+        assert (old.alpha_scale, old.alpha_range) == (1.0, None)
+
+    @pytest.mark.parametrize("scale", [0, -2.0, float("inf"), True, "big"])
+    def test_bad_scale(self, scale):
+        with pytest.raises(ValueError, match="alpha_scale"):
+            kc.CollapsiblePReLU(alpha_scale=scale)
+
+    @pytest.mark.parametrize("bounds", [(1.0, 0.0), (0.0,), "01", (0.0, float("nan"))])
+    def test_bad_range(self, bounds):
+        with pytest.raises(ValueError, match="alpha_range"):
+            kc.CollapsiblePReLU(alpha_range=bounds)
