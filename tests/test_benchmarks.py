@@ -127,8 +127,9 @@ def test_unknown_run_is_refused():
 
 @large_off_torch
 def test_comparison_benchmark_on_digits(tmp_path):
-    """Issue 12's table, reduced: two methods, both objectives, two nets;
-    latency timed in a child process on the current backend."""
+    """The comparison table, reduced: two greedy methods with both
+    objectives, the joint method at one target, two nets, one seed; latency
+    timed in a child process on the current backend."""
     require("sklearn", "the digits data")
     require("matplotlib", "the benchmark figure")
     from benchmarks import collapse_comparison as comparison
@@ -136,7 +137,8 @@ def test_comparison_benchmark_on_digits(tmp_path):
     rows, latency = comparison.main(
         [
             "--dataset", "digits", "--models", "mobilenetv2,vgg",
-            "--methods", "tlc,layercollapse", "--width", "4",
+            "--methods", "tlc,layercollapse,joint", "--width", "4",
+            "--joint-targets", "0.5", "--seeds", "1",
             "--train", "400", "--val", "150", "--test", "300", "--samples", "150",
             "--base-epochs", "2", "--finetune-epochs", "2", "--repeats", "1",
             "--per-decision", "0.5",
@@ -148,6 +150,8 @@ def test_comparison_benchmark_on_digits(tmp_path):
     for net in ("mobilenetv2", "vgg"):
         assert (net, "base (BN folded)", "") in runs
         assert (net, "fine-tune control", "") in runs
+        assert (net, "control + BN re-estimation", "") in runs
+        assert (net, "joint 50%", "activations") in runs
         for method in ("TLC, data-free", "LayerCollapse"):
             for objective in ("activations", "depth"):
                 assert (net, method, objective) in runs
@@ -156,11 +160,15 @@ def test_comparison_benchmark_on_digits(tmp_path):
         assert abs(r["accuracy"] - r["collapsed_accuracy"]) <= 1 / 300
         assert r["epochs"] == (2 if r["run"] == "base (BN folded)" else 4)
         label = f"{r['run']} [{r['objective']}]" if r["objective"] else r["run"]
-        assert latency[keras.backend.backend()][r["model"]][label]["1"] > 0
+        timed = latency[keras.backend.backend()][f"{r['model']}@{r['seed']}"]
+        assert timed[label]["1"] > 0
         if r["run"] == "fine-tune control":
             assert r["linearized"] == 0
+        if r["run"] == "joint 50%":
+            assert r["linearized"] == -(-r["activations"] // 2)  # ceil
     text = (tmp_path / "cmp.txt").read_text()
-    assert "best row within 0.5 pt" in text
+    assert "most linearized within 0.5 pt of the control's mean" in text
+    assert "± " in text  # mean and spread
     assert "per decision 0.5;" in text
     assert (tmp_path / "cmp.png").exists()
 
