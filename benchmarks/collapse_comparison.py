@@ -62,6 +62,7 @@ METHODS = {
     "random": "random",
     "joint": "joint",
     "joint-teacher": "joint + teacher",
+    "joint-prior": "joint + EASIER prior",
     "collapse-depth": "collapse",
     "collapse-latency": "collapse",
 }
@@ -70,6 +71,7 @@ OBJECTIVES = ("activations", "depth")
 COLLAPSE_OBJECTIVE = {
     "joint": "activations",
     "joint-teacher": "activations",
+    "joint-prior": "activations",
     "collapse-depth": "depth",
     "collapse-latency": "latency",
 }
@@ -182,6 +184,7 @@ def collapse_run(key, objective, target, args, base, train, val):
         epochs=args.finetune_epochs,
         batch_size=args.batch_size,
         teacher="auto" if key == "joint-teacher" else None,
+        prior="easier" if key == "joint-prior" else None,
         samples=args.samples,
         latency=False,
         seed=args.seed,

@@ -46,6 +46,7 @@ def collapse(
     cost_model=None,
     search=0.5,
     polarize=0.25,
+    prior=None,
     samples=2048,
     latency=True,
     seed=0,
@@ -95,6 +96,9 @@ def collapse(
         search, polarize: shares of the fine-tuning steps for the joint
             method's phases (see `JointLinearizationCallback`). Defaults to
             `0.5` and `0.25`.
+        prior: None, "tlc", "easier" or a scorer: ranks the candidates
+            before the search (the safer pulled faster, winning ties); see
+            `JointLinearizationCallback`. Defaults to `None`.
         samples: int, training rows used for BatchNorm re-estimation and
             verification. Defaults to `2048`.
         latency: bool, whether to time the input model and the result at
@@ -171,6 +175,7 @@ def collapse(
         data=sample[0],
         search=search,
         polarize=polarize,
+        prior=prior,
         exact=exact,
         cost_model=cost_model,
         samples=samples,

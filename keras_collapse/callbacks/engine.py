@@ -61,11 +61,18 @@ class Decision:
         self.room = room
         self.context = context
         self.stop_reason = None
+        self.wait_reason = None
 
     def stop(self, reason):
         """Tells the engine to make no more changes, with the reason; returns
         None, for `return decision.stop("...")`."""
         self.stop_reason = reason
+        return None
+
+    def wait(self, reason):
+        """No change at this decision, but ask again at the next (what is
+        missing may come with training); returns None."""
+        self.wait_reason = reason
         return None
 
 
@@ -282,6 +289,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         self._ramp = None
         self._best = None
         self._stopped = False
+        self._warned_wait = False
         self._rejections = 0
         self._last_epoch = None
         self._last_value = None
@@ -426,6 +434,9 @@ class LinearizationCallback(keras.callbacks.Callback):
         """
         ranked = self.scorer(decision.context, decision.pool)
         if not ranked:
+            note = getattr(self.scorer, "note", None)
+            if note:
+                return decision.wait(note)
             return decision.stop("no candidate with statistics left")
         if decision.units is None:
             first = ranked[: self.pace.count(len(ranked))]
@@ -531,6 +542,12 @@ class LinearizationCallback(keras.callbacks.Callback):
         sync_training_state(self.model)
         snapshot = self.model.get_weights()
         change = self.make_change(decision)
+        if change is None and decision.wait_reason:
+            if not self._warned_wait:
+                self._warned_wait = True
+                warnings.warn(f"{self.method}: {decision.wait_reason}.", stacklevel=3)
+            self._event(epoch, "waited", [], reason=decision.wait_reason)
+            return None
         if change is None:
             return self._stop(epoch, decision.stop_reason or "no change made")
         change.epoch, change.reference, change.snapshot = epoch, self._best, snapshot

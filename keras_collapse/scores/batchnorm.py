@@ -31,15 +31,21 @@ class LayerStates:
         error_if_on: per channel, E|f(z) - z|: the error of letting the
             channel pass through (the activation locked linear).
         error_if_off: per channel, E|f(z)|: the error of zeroing the channel.
-        off: per channel, bool, whether TLC forces it OFF (where zeroing errs
-            no more than passing through; for ReLU: `beta <= 0`).
+        off: per channel, bool, whether TLC forces it OFF: only where the
+            analysis calls it OFF (`P(OFF) >= confidence`); every other
+            channel passes through (the table and the action agree).
         state: per channel, "ON" / "OFF" where `P(ON)` / `P(OFF)` is at least
             the analysis' `confidence`, else "uncertain".
         score: float or None, the mean over channels of the expected error of
-            the forced state relative to the channel's RMS pre-activation
-            `sqrt(beta^2 + gamma^2)`: 0 when every channel is surely ON or
-            OFF; 0.40 at most for a plain ReLU (alpha 0; a trained slope can
-            raise it). Lower is safer to linearize.
+            the forced state (OFF where called OFF, else ON) relative to the
+            channel's RMS pre-activation `sqrt(beta^2 + gamma^2)`: 0 when
+            every channel is surely ON or OFF; 0.40 for a plain ReLU channel
+            about which nothing is known (beta = 0); more for a channel
+            mostly, but not surely, OFF. Lower is safer to linearize.
+        uninformed: float or None, the score of a layer about which nothing
+            is known (every channel at mean 0: an untrained BN), for this
+            layer's activation and slope; a score near it says the
+            statistics do not tell the channels' states.
         linearized: bool, whether the layer already computes the identity.
         reason: str or None, why the layer has no statistics.
     """
@@ -54,6 +60,7 @@ class LayerStates:
     off: np.ndarray | None = None
     state: np.ndarray | None = None
     score: float | None = None
+    uninformed: float | None = None
     reason: str | None = None
     measured_on: str | None = None  # "1024 samples" when fed from data
 
@@ -228,7 +235,9 @@ def fill_gaussian_states(states, layer, mean, std, axis, confidence):
             lambda z: _activation_numpy(layer, z), mean, std, alpha
         )
     p_off = gaussian.probability_off(mean, std)
-    off = error_off <= error_on
+    # Only what the analysis calls OFF is zeroed: the table and the action
+    # agree, and a channel merely leaning OFF is not cut on a guess.
+    off = p_off >= confidence
     rms = np.sqrt(mean**2 + std**2)
     relative = np.where(off, error_off, error_on) / np.where(rms > 0, rms, 1.0)
     states.p_off = p_off
@@ -236,12 +245,26 @@ def fill_gaussian_states(states, layer, mean, std, axis, confidence):
     states.error_if_off = error_off
     states.off = off
     states.state = np.where(
-        p_off >= confidence,
-        "OFF",
-        np.where(1.0 - p_off >= confidence, "ON", "uncertain"),
+        off, "OFF", np.where(1.0 - p_off >= confidence, "ON", "uncertain")
     )
     states.score = float(np.mean(relative)) if len(relative) else 0.0
+    states.uninformed = _uninformed_score(layer, alpha)
     return states
+
+
+def _uninformed_score(layer, alpha):
+    """The score of channels at mean 0, std 1 (nothing known: an untrained
+    BatchNormalization), for `layer`'s activation and slopes."""
+    zero, one = np.zeros_like(alpha), np.ones_like(alpha)
+    if layer.activation == "relu" and all(
+        layer.activation_kwargs.get(k, v) == v for k, v in _RELU_DEFAULTS.items()
+    ):
+        error_on, _ = gaussian.relu_errors(zero, one, alpha)
+    else:
+        error_on, _ = gaussian.quadrature_errors(
+            lambda z: _activation_numpy(layer, z), zero, one, alpha
+        )
+    return float(np.mean(error_on)) if len(error_on) else 0.0
 
 
 def _alpha_per_channel(layer, axis, channels):

@@ -71,10 +71,18 @@ def batchnorm_off(pair):
     return None if states.reason else states.off
 
 
+# A data-free score at least this share of what a layer about which nothing
+# is known scores (an untrained BN: 0.399 for a ReLU) says nothing either.
+UNINFORMED_SHARE = 0.9
+
+
 class BatchNormScorer(Scorer):
     """Data-free TLC: the BN score (expected relative error of forcing every
-    channel to its likelier state), lowest first; OFF channels are TLC's.
-    Layers without BN statistics are left out."""
+    channel OFF where the analysis calls it OFF, ON elsewhere), lowest first;
+    OFF channels are the analysis' own (`P(OFF) >= 0.95`). Layers without BN
+    statistics are left out, and so is, at this decision, a layer whose
+    score is within 10 % of what a layer about which nothing is known scores
+    (`UNINFORMED_SHARE`): its BN does not tell its channels' states."""
 
     name = "batchnorm"
     label = "BN score"
@@ -86,7 +94,22 @@ class BatchNormScorer(Scorer):
         for states in analysis:
             if states.reason and states.reason.startswith("non-finite"):
                 context.skip(states.name, states.reason)
-        return [Score(by_name[s.name], s.score, s.off) for s in analysis.candidates()]
+        candidates = analysis.candidates()
+        ranked = [
+            Score(by_name[s.name], s.score, s.off)
+            for s in candidates
+            if s.score < UNINFORMED_SHARE * s.uninformed
+        ]
+        self.note = None
+        if candidates and not ranked:
+            low = min(s.score for s in candidates)
+            self.note = (
+                f"every candidate's BatchNorm leaves its channels' states unknown "
+                f"(lowest score {low:.3g}, within 10 % of an untrained BN's "
+                f"{candidates[0].uninformed:.3g}); pass `data=x_sample` to measure "
+                "them, or `validation_data=(x, y)` to rank by measured loss"
+            )
+        return ranked
 
 
 class GaussianScorer(Scorer):

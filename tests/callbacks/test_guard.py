@@ -57,7 +57,9 @@ def fit_with(model, callback, injected, epochs=3):
 class TestMode(TestCase):
     def test_an_auc_drop_is_rolled_back(self):
         model = binary_model([keras.metrics.AUC(name="auc")])
-        tlc = kc.TLCCallback(monitor="val_auc", interval=1, patience=1, verbose=0)
+        tlc = kc.TLCCallback(
+            ranking="random", monitor="val_auc", interval=1, patience=1, verbose=0
+        )
         fit_with(model, tlc, Inject(tlc, "val_auc", 0.9, 0.5))
         actions = [e["action"] for e in tlc.events]
         assert actions[:2] == ["linearized", "rolled back"], actions
@@ -66,14 +68,21 @@ class TestMode(TestCase):
     def test_an_auc_rise_is_accepted(self):
         model = binary_model([keras.metrics.AUC(name="auc")])
         tlc = kc.TLCCallback(
-            monitor="val_auc", interval=1, max_layers=1, tolerance=1.0, verbose=0
+            ranking="random",
+            monitor="val_auc",
+            interval=1,
+            max_layers=1,
+            tolerance=1.0,
+            verbose=0,
         )
         fit_with(model, tlc, Inject(tlc, "val_auc", 0.5, 0.9))
         assert [e["action"] for e in tlc.events][:2] == ["linearized", "accepted"]
 
     def test_a_loss_is_minimized(self):
         model = binary_model(["accuracy"])
-        tlc = kc.TLCCallback(monitor="val_loss", interval=1, patience=1, verbose=0)
+        tlc = kc.TLCCallback(
+            ranking="random", monitor="val_loss", interval=1, patience=1, verbose=0
+        )
         fit_with(model, tlc, Inject(tlc, "val_loss", 0.2, 0.2 * 1.5))
         assert tlc.guard.maximize is False
         assert [e["action"] for e in tlc.events][:2] == ["linearized", "rolled back"]
@@ -83,7 +92,9 @@ class TestMode(TestCase):
             return keras.ops.mean(keras.ops.abs(y_true - y_pred))
 
         model = binary_model([agreement])
-        tlc = kc.TLCCallback(monitor="val_agreement", interval=1, verbose=0)
+        tlc = kc.TLCCallback(
+            ranking="random", monitor="val_agreement", interval=1, verbose=0
+        )
         with pytest.raises(ValueError, match="mode='max'"):
             fit_with(model, tlc, Inject(tlc, "val_agreement", 0.5, 0.5))
         assert tlc.linearized == []  # raised before any change

@@ -224,3 +224,32 @@ class TestBadInput(TestCase):
         joint = kc.JointLinearizationCallback(0.5, data=np.zeros((8, 5, 5, 1)))
         with pytest.raises(ValueError, match="does not fit"):
             fit(model, joint)
+
+
+class TestPrior(TestCase):
+    def test_prior_ranks_the_candidates_and_breaks_ties(self):
+        model = small_cnn()
+        x, _ = digits()
+
+        # A user's scorer: the Dense head safest, then the graph's order.
+        def head_first(context, pairs):
+            return [
+                (p, 0.0 if p.activation.name == "dense_relu" else 1.0 + i)
+                for i, p in enumerate(pairs)
+            ]
+
+        joint = kc.JointLinearizationCallback(
+            0.2, data=x, prior=head_first, gate_lr_scale=1e-9, verbose=0
+        )
+        # Gates that cannot move (scale ~0): every gate ties at 0, so the
+        # prior alone decides the one chosen.
+        fit(model, joint)
+        assert joint.linearized == ["dense_relu"]
+
+    def test_easier_prior_needs_data(self):
+        with pytest.raises(ValueError, match="data"):
+            kc.JointLinearizationCallback(0.5, prior="easier")
+
+    def test_bad_prior(self):
+        with pytest.raises(ValueError, match="prior"):
+            kc.JointLinearizationCallback(0.5, prior="best")

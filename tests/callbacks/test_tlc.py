@@ -118,9 +118,9 @@ class TestChoices(TestCase):
 
     def test_candidates_limit_the_choice(self):
         model = planted_model()
-        tlc = kc.TLCCallback(interval=1, candidates=["a2"], tolerance=1.0, verbose=0)
+        tlc = kc.TLCCallback(interval=1, candidates=["alive"], tolerance=1.0, verbose=0)
         fit(model, teacher_data(model), [tlc], epochs=3)
-        assert tlc.linearized == ["a2"]
+        assert tlc.linearized == ["alive"]
 
     def test_random_ranking_is_seeded(self):
         chosen = []
@@ -388,3 +388,31 @@ class TestValidationDataKinds(TestCase):
             decisions[name] = [(e["action"], e.get("layers")) for e in tlc.events]
         assert decisions[kind] == decisions["arrays"]
         assert any(action == "linearized" for action, _ in decisions[kind])
+
+
+class TestUninformedLayers(TestCase):
+    def test_data_free_leaves_alone_what_its_bn_does_not_tell(self):
+        # a0, a2, a4 are coin tosses (beta 0): their score is what an
+        # untrained BN scores, so nothing is known, and a guard that accepts
+        # anything (tolerance 1) still never sees them changed.
+        model = planted_model()
+        tlc = kc.TLCCallback(interval=1, tolerance=1.0, verbose=0)
+        with pytest.warns(UserWarning, match="pass `data=x_sample`"):
+            fit(model, teacher_data(model), [tlc], epochs=6)
+        assert sorted(tlc.linearized) == PLANTED
+        assert tlc.events[-1]["action"] == "waited"
+        assert "data=" in tlc.events[-1]["reason"]
+
+    def test_only_channels_the_table_calls_off_are_zeroed(self):
+        model = planted_model()
+        bn = model.get_layer("a0_bn")
+        # Leaning OFF (P(OFF) = 0.84) in half the channels, surely OFF in
+        # the other half.
+        set_bn(bn, np.full(8, 1.0), np.array([-1.0, -4.0] * 4))
+        model.get_layer("a0_bn").gamma.assign(np.array([1.0, 0.5] * 4, "float32"))
+        (done,) = kc.linearize(model, "a0")
+        states = kc.analyze_batchnorm(model)
+        assert done.off == 4  # the surely OFF ones only
+        gamma = keras.ops.convert_to_numpy(bn.gamma)
+        np.testing.assert_array_equal(gamma == 0, [False, True] * 4)
+        assert states["a0"].linearized

@@ -81,9 +81,23 @@ class TestStates(TestCase):
             "ON",
             "uncertain",
         ]
-        assert states.off.tolist() == [False, True, True, True, False, False]
+        # Forced OFF exactly where the table says OFF; the coin toss (beta 0)
+        # passes through.
+        assert states.off.tolist() == [False, True, False, True, False, False]
+        assert states.off.tolist() == (states.state == "OFF").tolist()
         assert states.fraction("ON") == pytest.approx(2 / 6)
         assert 0 < states.score < 0.4
+
+    def test_a_channel_leaning_off_is_not_zeroed_and_scores_its_pass_through(self):
+        model, bn, _ = bn_act_model()
+        set_bn(bn, np.ones(6), np.full(6, -1.0))  # P(OFF) = 0.84 < 0.95
+        states = kc.analyze_batchnorm(model)["act"]
+        assert not states.off.any() and set(states.state) == {"uncertain"}
+        # The error of letting z ~ N(-1, 1) pass through: E|relu(z) - z|.
+        z = np.random.default_rng(0).normal(-1.0, 1.0, 400_000)
+        want = np.mean(np.abs(np.maximum(z, 0) - z)) / np.sqrt(2.0)
+        assert states.score == pytest.approx(want, rel=1e-2)
+        assert states.uninformed == pytest.approx(1 / np.sqrt(2 * np.pi), rel=1e-6)
 
     def test_score_orders_certain_layers_first(self):
         inputs = keras.Input((4,))
