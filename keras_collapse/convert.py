@@ -319,6 +319,8 @@ def make_collapsible(
         chosen = _default_choice(graph, found)
     else:
         chosen = [item for item in found if _matches(*item, *selectors)]
+        if not chosen and found:
+            _warn_nothing_matched(graph, found, activations, predicate)
     chosen = _whole_layers(graph, _collapsible_only(chosen))
     if fraction is not None:
         chosen = _deepest(graph, chosen, fraction)
@@ -332,6 +334,22 @@ def make_collapsible(
 
 
 # ------------------------------------------------------------------ choosing
+def _warn_nothing_matched(graph, found, activations, predicate):
+    kinds_found = sorted({spec.kind for _, spec in found})
+    asked = []
+    if activations is not None:
+        asked.append(f"activations={activations!r}")
+    if predicate is not None:
+        asked.append("predicate")
+    warnings.warn(
+        f"make_collapsible converted nothing in model '{graph.name}': no "
+        f"activation matched {' and '.join(asked) or 'the selection'}. The "
+        f"model's activations are of kinds {kinds_found}; pass one of those "
+        "to `activations=`, or leave it out for the default choice.",
+        stacklevel=3,
+    )
+
+
 def _resolve_kinds(activations):
     if activations is None:
         return None

@@ -205,6 +205,7 @@ def take_sample(data, size, seed=0, *, n_inputs=None, labels=False, what="data")
     """
     if isinstance(data, tuple) and _is_array_structure(data[0], n_inputs):
         n = rows(data[0])
+        _check_same_rows(data, n, what)
         index = np.sort(np.random.default_rng(seed).permutation(n)[:size])
         data = tuple(
             keras.tree.map_structure(lambda a: to_numpy(a)[index], p) for p in data
@@ -229,6 +230,25 @@ def take_sample(data, size, seed=0, *, n_inputs=None, labels=False, what="data")
         )
         for i in range(3)
     )
+
+
+def _check_same_rows(parts, n, what):
+    """Raises a ValueError unless every array of `(x, y[, w])` has n rows."""
+    names = ("x", "y", "sample_weight")
+    counts = [
+        {rows(a) for a in keras.tree.flatten(p)} if p is not None else {n}
+        for p in parts
+    ]
+    if any(c != {n} for c in counts):
+        found = ", ".join(
+            f"{name}: {sorted(c)[0] if len(c) == 1 else sorted(c)} rows"
+            for name, c, p in zip(names, counts, parts)
+            if p is not None
+        )
+        raise ValueError(
+            f"`{what}` must hold as many labels (and weights) as inputs, row "
+            f"for row. Received {found}."
+        )
 
 
 def check_inputs(model, x, what="data"):

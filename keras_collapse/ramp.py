@@ -77,6 +77,17 @@ class Ramp:
                 now = keras.ops.convert_to_numpy(variable)
                 variable.assign(np.where(off, start * (1.0 - t), now).astype(now.dtype))
 
+    def preview(self):
+        """Applies the final state at once, free to train (no constraint),
+        and returns the records that undo it: what the change will be."""
+        sync_training_state(self.model)
+        return linearize_pairs(
+            self.model,
+            [s.pair for s in self.scores],
+            [s.off for s in self.scores],
+            constrain=False,
+        )
+
     def finish(self):
         """Linearizes what is left at once (also when training stops early)."""
         if self.done:

@@ -410,6 +410,12 @@ class TestChoosing(TestCase):
         explicit = make_collapsible(model, activations=["sigmoid", "tanh"])
         assert set(new_layers(explicit)) == {"se_expand_sigmoid", "tanh_head"}
 
+    def test_kinds_that_match_nothing_warn(self):
+        model = chain([L.ReLU(name="r"), L.Activation("relu", name="a")])
+        with pytest.warns(UserWarning, match=r"activations=\['gelu'\].*\['relu'\]"):
+            new = make_collapsible(model, activations=["gelu"])
+        assert new_layers(new) == {}
+
     def test_thresholded_relu_left_with_a_warning(self):
         model = chain([L.ReLU(threshold=0.5, name="t"), L.ReLU(name="r")])
         with pytest.warns(UserWarning, match=r"\['t'\].*threshold"):

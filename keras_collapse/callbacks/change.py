@@ -24,6 +24,10 @@ class Change:
         details: dict, the event's details (`events` carries them).
         message: str or None, the method's own verbose line for it (the
             engine formats only its own events).
+        preview: callable or None: for a change eased in over time (a
+            `ramp`), applies its final state at once and returns the records
+            that undo it, so the pre-check measures what the change will be;
+            None when the change is made in full already.
         epoch: int, the 0-based epoch it was made at (set by the engine).
         reference: float or None, the monitored value then (set by the
             engine).
@@ -37,6 +41,7 @@ class Change:
     action: str = "linearized"
     details: dict = dataclasses.field(default_factory=dict)
     message: str | None = None
+    preview: object = dataclasses.field(default=None, repr=False)
     epoch: int | None = None
     reference: float | None = None
     snapshot: list | None = dataclasses.field(default=None, repr=False)

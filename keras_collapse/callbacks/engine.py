@@ -22,6 +22,7 @@ from keras_collapse.callbacks.change import Change
 from keras_collapse.callbacks.context import DecisionContext
 from keras_collapse.callbacks.guard import Guard
 from keras_collapse.callbacks.guard import accuracy_key
+from keras_collapse.callbacks.precheck import Precheck
 from keras_collapse.callbacks.schedule import Schedule
 from keras_collapse.callbacks.selection import Pace
 from keras_collapse.callbacks.selection import check_pace  # noqa: F401
@@ -169,6 +170,15 @@ class LinearizationCallback(keras.callbacks.Callback):
         cost_model: the surgery's cost model, for the merge units and the
             "latency" objective (`MacCostModel`, or a measured one).
             Defaults to `None`: `MacCostModel()`.
+        precheck: "auto", True or False. Before a change is kept, its
+            immediate effect is measured on the fixed sample (one forward
+            pass, the final state of a change eased in): with
+            `validation_data`, its accuracy (else loss); with `data` only,
+            the share of predictions left unchanged. A drop past the
+            tolerance refuses the change at once (no epoch spent; event
+            "refused") and the next candidate is tried, up to `patience`
+            tries a decision. "auto": when there is a sample. Defaults to
+            `"auto"`.
         per_decision: the pace: how many candidates (activations, or merge
             units with "depth" / "latency") one decision linearizes, judged
             and rolled back together; the scorer's `also_take` comes on top.
@@ -207,6 +217,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         exact=True,
         cost_model=None,
         per_decision=1,
+        precheck="auto",
     ):
         super().__init__()
         self.scorer = as_scorer(scorer)
@@ -237,6 +248,12 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`candidates` must be a list of activation layer names or None. "
                 f"Received: candidates={candidates!r}"
             )
+        if precheck not in ("auto", True, False):
+            raise ValueError(
+                "`precheck` must be 'auto', True or False. Received: "
+                f"precheck={precheck!r}"
+            )
+        self.precheck = precheck
         if recalibrate not in ("auto", True, False):
             raise ValueError(
                 "`recalibrate` must be 'auto', True or False. Received: "
@@ -341,6 +358,22 @@ class LinearizationCallback(keras.callbacks.Callback):
             recalibrator = BatchNormRecalibrator(self.model)
             if recalibrator.layers:
                 self._recalibrator = (recalibrator, calibration)
+        self._precheck = None
+        if self.precheck is True or (
+            self.precheck == "auto" and (self._sample or self._data is not None)
+        ):
+            self._precheck = Precheck(
+                self.model,
+                self._sample,
+                self._data,
+                self.tolerance,
+                self.batch_size,
+            )
+            if not self._precheck.active:
+                raise ValueError(
+                    f"{self.method}: `precheck=True` measures each change on a "
+                    "sample: pass `validation_data=(x, y)` or `data=x`."
+                )
         self._active = self._check_scorable()
         if self._active and self.objective != "activations":
             self._active = self._check_units()
@@ -482,6 +515,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             ramp=self._ramp,
             retry=self.pace.fractional and groups > 1,
             details=details,
+            preview=None if self._ramp.done else self._ramp.preview,
         )
 
     # ------------------------------------------------------------- decisions
@@ -538,10 +572,18 @@ class LinearizationCallback(keras.callbacks.Callback):
             on_skip=lambda name, reason: self._skip(epoch, name, reason),
             graph=self._graph,
         )
-        decision = Decision(epoch, pool, units, found, room, context)
-        sync_training_state(self.model)
-        snapshot = self.model.get_weights()
-        change = self.make_change(decision)
+        refused = set()
+        for _ in range(self.patience):
+            tried = [p for p in pool if p.activation.name not in refused]
+            if not tried:
+                return self._stop(epoch, "every candidate refused by the pre-check")
+            decision = Decision(epoch, tried, units, found, room, context)
+            change, snapshot = self._try(decision)
+            if change is None or not self._refused(epoch, change, snapshot):
+                break
+            refused.update(change.layers)
+        else:
+            return None  # `patience` refusals: no change at this decision
         if change is None and decision.wait_reason:
             if not self._warned_wait:
                 self._warned_wait = True
@@ -560,6 +602,44 @@ class LinearizationCallback(keras.callbacks.Callback):
             message=change.message,
             **change.details,
         )
+
+    def _try(self, decision):
+        """`(change, snapshot)`: the weights now, then the method's change."""
+        sync_training_state(self.model)
+        snapshot = self.model.get_weights()
+        if self._precheck is not None:
+            self._precheck.before()
+        return self.make_change(decision), snapshot
+
+    def _refused(self, epoch, change, snapshot):
+        """Measures `change` at once on the sample (its final state, for one
+        eased in); undoes it and says so when the drop is past the
+        tolerance."""
+        if self._precheck is None:
+            return False
+        previewed = change.preview() if change.preview is not None else []
+        self._recalibrate()  # judged as the guard judges: on settled statistics
+        value, passes = self._precheck.after()
+        sync_training_state(self.model)
+        for record in reversed(previewed):
+            record.undo()
+        if passes:
+            return False
+        for record in change.undo_records():
+            record.undo()
+        self.model.set_weights(snapshot)
+        rebuild_train_function(self.model)
+        self._ramp = None
+        self.kept.extend(change.layers)
+        self._event(
+            epoch,
+            "refused",
+            change.layers,
+            value=value,
+            best=self._precheck._reference,
+            reason=f"the pre-check's {self._precheck.key} fell too far at once",
+        )
+        return True
 
     def _judge(self, epoch, value):
         pending, self._pending = self._pending, None

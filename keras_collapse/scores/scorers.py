@@ -148,8 +148,12 @@ class EntropyScorer(Scorer):
     def __call__(self, context, pairs):
         stats = context.statistics(pairs)
         by_name = {p.activation.name: p for p in pairs}
+        # Measured once per decision: a retry (after a refused change, the
+        # weights restored) scores fewer pairs on the same statistics.
         return [
-            Score(by_name[s.name], s.entropy, s.never_on) for s in stats.candidates()
+            Score(by_name[s.name], s.entropy, s.never_on)
+            for s in stats.candidates()
+            if s.name in by_name
         ]
 
     def also_take(self, ranked):

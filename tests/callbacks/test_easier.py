@@ -104,6 +104,7 @@ class TestEntropyChoices(TestCase):
             recalibrate=False,
             tolerance=0.0,
             patience=1,
+            precheck=False,  # the guard's rollback, not the pre-check's refusal
             verbose=0,
         )
 
@@ -227,7 +228,9 @@ class TestEngine(TestCase):
         x, y = teacher_data(model)
         easier = kc.EASIERCallback(x[:100], interval=1, tolerance=1.0, verbose=0)
         fit(model, (x, y), [easier], epochs=3)
-        assert calls == [100] * 4  # 3 decisions, and the end of training
+        # 3 judgments and the end of training; each of the 2 changes made in
+        # time to be judged was also pre-checked on settled statistics.
+        assert calls == [100] * 6
 
 
 class TestBadInput(TestCase):

@@ -96,10 +96,13 @@ class TestBudget(TestCase):
         (start,) = [e for e in joint.events if e["action"] == "started"]
         gates = hard["gates"]
         chosen = set(hard["layers"])
-        # At 0 or 1 after the last push, then one optimizer step at most.
-        step = start["gate_step"] + 1e-6
-        assert all(gates[n] >= 1 - step for n in chosen), (gates, step)
-        assert all(gates[n] <= step for n in gates if n not in chosen), gates
+        # Near 0 or 1 after the push: a few optimizer steps at most (Adam's
+        # momentum shortens the steps just after a gate changes direction).
+        near = 3 * start["gate_step"] + 1e-6
+        assert all(gates[n] >= 1 - near for n in chosen), (gates, near)
+        assert all(gates[n] <= near for n in gates if n not in chosen), gates
+        rest = [gates[n] for n in gates if n not in chosen]
+        assert min(gates[n] for n in chosen) - max(rest) > 0.5, gates
         # The search let the gates move away from 0 (not a fixed schedule).
         first = joint.gate_history[0]
         assert max(first.values()) > 0.2, first

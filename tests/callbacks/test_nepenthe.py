@@ -231,6 +231,7 @@ class TestGuard(TestCase):
             x,
             interval=1,
             monitor="probe",
+            precheck=False,  # the guard's rollback, not the pre-check's
             mode="min",
             patience=1,
             recalibrate=False,
@@ -259,7 +260,13 @@ class TestGuard(TestCase):
         model = trainable_model()
         x, y = regression_data()
         nep = kc.NEPENTHECallback(
-            x, interval=1, monitor="probe", mode="min", recalibrate=False, verbose=0
+            x,
+            interval=1,
+            monitor="probe",
+            mode="min",
+            recalibrate=False,
+            precheck=False,
+            verbose=0,
         )
         after = Recorder(["d0", "d1", "d2"])
         history = fit(model, (x, y), [Probe(), nep, after], epochs=4)
@@ -299,6 +306,7 @@ class TestGuard(TestCase):
             prune_fraction=0.95,
             interval=1,
             patience=1,
+            precheck=False,  # the guard's rollback, not the pre-check's
             verbose=0,
         )
         fit(model, (x, y), [nep], epochs=3)
@@ -348,6 +356,13 @@ class TestBadInput(TestCase):
         for pace in (2, 0.5):
             with pytest.raises(ValueError, match="prune_fraction.*per_decision"):
                 kc.NEPENTHECallback(np.zeros((4, 6)), per_decision=pace)
+
+    def test_validation_rows_that_do_not_match(self):
+        model = trainable_model()
+        x, y = regression_data()
+        nep = kc.NEPENTHECallback(x, validation_data=(x, y[:10]), verbose=0)
+        with pytest.raises(ValueError, match=r"x: 256 rows, y: 10 rows"):
+            fit(model, (x, y), [nep], epochs=1)
 
     def test_no_prunable_candidate(self):
         inputs = keras.Input((8, 8, 2))

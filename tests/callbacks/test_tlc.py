@@ -416,3 +416,51 @@ class TestUninformedLayers(TestCase):
         gamma = keras.ops.convert_to_numpy(bn.gamma)
         np.testing.assert_array_equal(gamma == 0, [False, True] * 4)
         assert states["a0"].linearized
+
+
+class EpochCounter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+
+
+class TestPrecheck(TestCase):
+    def test_a_harmful_change_is_refused_at_once_and_the_next_tried(self):
+        # A ranking that puts "a0" (a coin toss: half its pre-activations
+        # negative) first, then the planted linear layers. Linearizing a0
+        # moves the outputs far from the labels; the pre-check sees that on
+        # the sample and takes the next candidate at the same decision: no
+        # epoch is lost to it.
+        def a0_first(context, pairs):
+            order = ["a0", "alive", "split"]
+            return [
+                (p, order.index(p.activation.name))
+                for p in pairs
+                if p.activation.name in order
+            ]
+
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(data, ranking=a0_first, interval=1, verbose=0)
+        counter = EpochCounter()
+        fit(model, data, [tlc, counter], epochs=2)
+        actions = [(e["action"], e["layers"]) for e in tlc.events]
+        assert actions[:2] == [("refused", ["a0"]), ("linearized", ["alive"])]
+        assert tlc.events[0]["epoch"] == tlc.events[1]["epoch"] == 1
+        assert counter.epochs == 2 and "a0" in tlc.kept
+        assert not model.get_layer("a0").is_locked
+        assert model.get_layer("a0_bn").gamma.constraint is None
+
+    def test_precheck_off_keeps_the_guard_alone(self):
+        model = planted_model()
+        data = teacher_data(model)
+        tlc = kc.TLCCallback(data, interval=1, max_layers=1, precheck=False, verbose=0)
+        fit(model, data, [tlc], epochs=2)
+        assert "refused" not in [e["action"] for e in tlc.events]
+
+    def test_bad_precheck(self):
+        with pytest.raises(ValueError, match="precheck"):
+            kc.TLCCallback(precheck="yes")

@@ -236,6 +236,7 @@ def main():
         tlc = kc.TLCCallback(
             **sources[args.ranking],
             monitor="guard_accuracy",
+            mode="max",  # a key the model's metrics do not know
             validation_samples=512,
             warmup_epochs=1,
             interval=1,
