@@ -76,17 +76,25 @@ class MergeUnit:
     merges: tuple = ()
 
     def gain(self, objective):
-        """What this unit buys under `objective` ("depth": layers removed;
-        "latency": cost saved; "activations": 1 per member)."""
+        """What this unit buys under `objective` ("depth": layers removed,
+        or the real depth saved when more (a merge that leaves a bias map
+        behind removes a weight layer, not a layer); "latency": cost saved;
+        "activations": 1 per member)."""
         check_objective(objective)
         if objective == "depth":
-            return float(self.layers)
+            return float(max(self.layers, self.depth))
         if objective == "latency":
             return float(self.latency)
         return float(len(self.activations))
 
     def buys(self, objective):
         return self.gain(objective) > 0
+
+    @property
+    def saves(self):
+        """Whether the surgery's result is smaller for it: fewer layers, less
+        depth, fewer MACs or parameters (a channel cut counts)."""
+        return max(self.layers, self.depth, self.macs, self.params) > 0
 
 
 @dataclasses.dataclass
@@ -217,23 +225,24 @@ class DryRun:
         self.runs += 1
         graph = self.base.copy()
         names, off = set(names), off or {}
-        zeroed, replaced = False, 0
+        replaced = 0
         for node in graph.layer_nodes():
             if kinds.is_collapsible(node.layer) and node.layer.name in names:
                 mask = off.get(node.layer.name)
                 if mask is not None and np.any(mask):
-                    zeroed |= _zero_input_channels(graph, node, np.asarray(mask, bool))
+                    _zero_input_channels(graph, node, np.asarray(mask, bool))
                 node.layer = keras.layers.Identity(name=node.layer.name)
                 replaced += 1  # a shared activation: one per call
         journal = Journal()
-        # The base has its dead channels cut already: only new zeros (`off`)
-        # give that pass something to do.
+        # Dead channels are cut again even without new zeros (`off`): an
+        # activation that does not map 0 to 0 (sigmoid, softplus) hid a
+        # dead channel from that pass until it became the identity.
         simplify(
             graph,
             journal,
             cost_model=self.cost_model,
             exact=self.exact,
-            cut_dead_channels=self.cut_dead_channels and zeroed,
+            cut_dead_channels=self.cut_dead_channels,
         )
         return Cost.of(graph, self.cost_model), journal, replaced
 
@@ -373,8 +382,10 @@ def merge_units(
 
     Every candidate is tried alone; those that buy nothing alone are tried
     in connected groups (activations joined by a chain of linear layers) of
-    up to `max_size`. A group is a unit when its dry run removes layers
-    besides the activations and none of its smaller groups does. Units are
+    up to `max_size`. A group is a unit when its dry run makes the result
+    smaller besides removing the activations (fewer layers, less depth,
+    fewer MACs or parameters: a merge, also one that leaves a bias map
+    behind, or a channel cut) and none of its smaller groups does. Units are
     relative to the model as it is: activations already linear are part of
     the baseline. The model is not modified.
 
@@ -428,7 +439,7 @@ def merge_units(
     alone = set()
     for name in names:
         unit, journal = dry.unit((name,))
-        if unit.layers > 0:
+        if unit.saves:
             units.append(unit)
             alone.add(name)
         else:
@@ -441,7 +452,7 @@ def merge_units(
             if any(set(f) <= set(group) for f in found):
                 continue
             unit, _ = dry.unit(group)
-            if unit.layers > 0:
+            if unit.saves:
                 units.append(unit)
                 found.append(group)
     for group in found:

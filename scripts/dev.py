@@ -2,6 +2,7 @@
 
     python3 scripts/dev.py demo    # train a small model on real data, collapse it
     python3 scripts/dev.py test    # the whole test suite, once per backend
+                                   # (two backends at a time: --jobs 2)
     python3 scripts/dev.py test --backends jax -- -k prelu   # a subset
     python3 scripts/dev.py run --backend jax benchmarks/latency.py
 
@@ -100,28 +101,35 @@ def _offer_fashion_mnist(home):
             (target / f.name).symlink_to(f)
 
 
-def test(backends, pytest_args):
+def test(backends, pytest_args, jobs=1):
+    """One pytest process per backend, `jobs` of them at a time; each one's
+    output is printed whole when it ends, then a summary."""
     setup()
-    summary, failed = [], False
-    for backend in backends:
-        print(f"\n===== pytest on KERAS_BACKEND={backend} =====", flush=True)
-        start = time.time()
-        proc = subprocess.run(
-            [str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
-            cwd=ROOT,
-            env=isolated_env(backend, for_tests=True),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        sys.stdout.write(proc.stdout)
-        counts = _counts(proc.stdout)
-        # pytest exits 5 when nothing was collected: that is a failure here.
-        failed |= proc.returncode != 0
-        summary.append((backend, proc.returncode, counts, time.time() - start))
+    summary, failed = {}, False
+    pending, running = list(backends), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            backend = pending.pop(0)
+            running.append(_start_pytest(backend, pytest_args, parallel=jobs > 1))
+        time.sleep(0.5)
+        for job in [j for j in running if j["proc"].poll() is not None]:
+            running.remove(job)
+            job["log"].seek(0)
+            output = job["log"].read()
+            job["log"].close()
+            print(f"\n===== pytest on KERAS_BACKEND={job['backend']} =====", flush=True)
+            sys.stdout.write(output)
+            # pytest exits 5 when nothing was collected: that is a failure here.
+            failed |= job["proc"].returncode != 0
+            summary[job["backend"]] = (
+                job["proc"].returncode,
+                _counts(output),
+                time.time() - job["start"],
+            )
     print("\n===== per-backend results =====")
     totals = {"passed": 0, "failed": 0, "skipped": 0}
-    for backend, code, counts, seconds in summary:
+    for backend in backends:
+        code, counts, seconds = summary[backend]
         print(f"{backend:>10}: exit {code}, " + _fmt(counts) + f" in {seconds:.0f}s")
         for k in totals:
             totals[k] += counts.get(k, 0) + (
@@ -132,6 +140,26 @@ def test(backends, pytest_args):
         f"{totals['skipped']} skipped"
     )
     return 1 if failed else 0
+
+
+def _start_pytest(backend, pytest_args, parallel):
+    env = isolated_env(backend, for_tests=True)
+    if parallel:
+        # Two suites share the cores: one compute thread each, or their
+        # thread pools wait on each other (torch's OpenMP most of all).
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
+        [str(PYTHON), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    print(f"started pytest on KERAS_BACKEND={backend}", flush=True)
+    return {"backend": backend, "proc": proc, "log": log, "start": time.time()}
 
 
 def _counts(output):
@@ -168,6 +196,12 @@ def main():
         help="comma-separated, for `test`. Default: all three",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="for `test`: backends tested at once. Default: 2 (1 on one core)",
+    )
+    parser.add_argument(
         "--backend",
         default=os.environ.get("KERAS_BACKEND", "jax"),
         help="for `demo` and `run`. Default: $KERAS_BACKEND or jax",
@@ -188,7 +222,9 @@ def main():
         unknown = set(backends) - set(BACKENDS)
         if unknown:
             parser.error(f"unknown backend(s) {sorted(unknown)}; expected {BACKENDS}")
-        return test(backends, rest)
+        if args.jobs < 1:
+            parser.error(f"--jobs must be at least 1; received {args.jobs}")
+        return test(backends, rest, args.jobs)
     if args.job == "run":
         if not rest:
             parser.error("`run` needs a script: dev.py run [--backend B] SCRIPT [ARGS]")

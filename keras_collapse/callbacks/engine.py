@@ -170,15 +170,20 @@ class LinearizationCallback(keras.callbacks.Callback):
         cost_model: the surgery's cost model, for the merge units and the
             "latency" objective (`MacCostModel`, or a measured one).
             Defaults to `None`: `MacCostModel()`.
-        precheck: "auto", True or False. Before a change is kept, its
-            immediate effect is measured on the fixed sample (one forward
-            pass, the final state of a change eased in): with
-            `validation_data`, its accuracy (else loss); with `data` only,
-            the share of predictions left unchanged. A drop past the
-            tolerance refuses the change at once (no epoch spent; event
-            "refused") and the next candidate is tried, up to `patience`
-            tries a decision. "auto": when there is a sample. Defaults to
-            `"auto"`.
+        precheck: "auto", True, False, or a float > 0. Before a change is
+            kept, its immediate effect is measured on the fixed sample (one
+            forward pass, the final state of a change eased in, after the BN
+            re-estimation): with `validation_data`, its accuracy (else loss);
+            with `data` only, the share of predictions left unchanged. A
+            change that wrecks the model (a drop past the pre-check's
+            tolerance) is refused at once (no epoch spent; event "refused")
+            and the next candidate is tried, up to `patience` tries a
+            decision. The tolerance is `precheck.SLACK` (5) times the
+            guard's (0.1 accuracy, 10 % of the predictions, 25 % more loss
+            by default): a change costs more before its recovery than the
+            guard accepts after it. A float sets it (absolute when
+            maximized, relative when minimized). "auto": on when there is a
+            sample. Defaults to `"auto"`.
         per_decision: the pace: how many candidates (activations, or merge
             units with "depth" / "latency") one decision linearizes, judged
             and rolled back together; the scorer's `also_take` comes on top.
@@ -248,10 +253,14 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`candidates` must be a list of activation layer names or None. "
                 f"Received: candidates={candidates!r}"
             )
-        if precheck not in ("auto", True, False):
+        if not (precheck is True or precheck is False or precheck == "auto") and not (
+            isinstance(precheck, (int, float))
+            and not isinstance(precheck, bool)
+            and precheck > 0
+        ):
             raise ValueError(
-                "`precheck` must be 'auto', True or False. Received: "
-                f"precheck={precheck!r}"
+                "`precheck` must be 'auto', True, False or a tolerance > 0. "
+                f"Received: precheck={precheck!r}"
             )
         self.precheck = precheck
         if recalibrate not in ("auto", True, False):
@@ -359,15 +368,16 @@ class LinearizationCallback(keras.callbacks.Callback):
             if recalibrator.layers:
                 self._recalibrator = (recalibrator, calibration)
         self._precheck = None
-        if self.precheck is True or (
-            self.precheck == "auto" and (self._sample or self._data is not None)
-        ):
+        has_sample = self._sample is not None or self._data is not None
+        if self.precheck is not False and (self.precheck != "auto" or has_sample):
+            own = self.precheck if not isinstance(self.precheck, (bool, str)) else None
             self._precheck = Precheck(
                 self.model,
                 self._sample,
                 self._data,
                 self.tolerance,
                 self.batch_size,
+                own_tolerance=own,
             )
             if not self._precheck.active:
                 raise ValueError(

@@ -8,15 +8,22 @@ from keras_collapse.callbacks.guard import accuracy_key
 from keras_collapse.collapsible import sync_training_state
 
 
+# How many times the guard's tolerance a change may cost at once: before its
+# recovery a change costs more than the guard accepts after it (2-8 points
+# of accuracy for an epoch on the comparison nets); the pre-check is there
+# to catch the changes that wreck the model (0.86 -> 0.18).
+SLACK = 5
+
+
 class Precheck:
     """Measures a change's immediate effect on a fixed sample.
 
     With a labelled sample: the model's accuracy on it (else its loss), the
-    drop allowed as the guard's (absolute when maximized, relative when
-    minimized). With inputs only: how many of the sample's predictions (the
-    arg-max of the first output; for one-unit outputs, the outputs within
-    5 % of their scale) the change leaves as they were, as a fraction;
-    `tolerance` (or 0.02) of them may change.
+    drop allowed `SLACK` times the guard's (absolute when maximized,
+    relative when minimized). With inputs only: how many of the sample's
+    predictions (the arg-max of the first output; for one-unit outputs, the
+    outputs within 5 % of their scale) the change leaves as they were, as a
+    fraction; `SLACK` times the guard's tolerance (0.02) of them may change.
 
     Args:
         model: the training model.
@@ -25,14 +32,26 @@ class Precheck:
         tolerance: the guard's tolerance, or None for the defaults.
         batch_size: int.
         trainer: the model `fit` runs, whose state is synced first.
+        own_tolerance: float or None, the drop allowed, instead of `SLACK`
+            times the guard's.
     """
 
-    def __init__(self, model, sample, data, tolerance, batch_size, trainer=None):
+    def __init__(
+        self,
+        model,
+        sample,
+        data,
+        tolerance,
+        batch_size,
+        trainer=None,
+        own_tolerance=None,
+    ):
         self.model = model
         self.trainer = trainer if trainer is not None else model
         self.sample = sample
         self.data = data
         self.tolerance = tolerance
+        self.own_tolerance = own_tolerance
         self.batch_size = batch_size
         self.key = None
         self._reference = None
@@ -84,8 +103,13 @@ class Precheck:
     def _passes(self, value, reference):
         if not np.isfinite(value):
             return False
-        if self._maximize():
-            tolerance = 0.02 if self.tolerance is None else self.tolerance
+        maximize = self._maximize()
+        tolerance = self.own_tolerance
+        if tolerance is None:
+            guard = self.tolerance
+            if guard is None:
+                guard = 0.02 if maximize else 0.05
+            tolerance = SLACK * guard
+        if maximize:
             return value >= reference - tolerance
-        tolerance = 0.05 if self.tolerance is None else self.tolerance
         return value <= reference + tolerance * abs(reference)

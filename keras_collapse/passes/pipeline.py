@@ -6,6 +6,7 @@ from keras_collapse.passes.bias_channels import absorb_bias_maps
 from keras_collapse.passes.bias_push import push_bias_maps
 from keras_collapse.passes.dead_channels import remove_dead_channels
 from keras_collapse.passes.identities import remove_identities
+from keras_collapse.passes.journal import Journal
 from keras_collapse.passes.merge import merge_runs
 from keras_collapse.passes.residual import absorb_residuals
 
@@ -29,6 +30,14 @@ def simplify(graph, journal, *, cost_model, exact, merge=True, cut_dead_channels
         for _ in range(MAX_ROUNDS):
             changed = merge_runs(graph, journal, cost_model, exact)
             changed += absorb_residuals(graph, journal)
+            if changed and cut_dead_channels:
+                # A merge can join a dead channel to a group the first cut
+                # could not reach (through an activation now gone): cut
+                # again, so that the result is a fixed point. Only the cuts
+                # are journaled: the reasons for keeping were said above.
+                again = Journal()
+                changed += remove_dead_channels(graph, again)
+                journal.done.extend(again.done)
             if not changed:
                 break
         # Constant channels where the cost model prefers them to a layer; the

@@ -123,8 +123,7 @@ class GaussianScorer(Scorer):
 
     def __call__(self, context, pairs):
         analysis = context.statistics(pairs).gaussian_states()
-        by_name = {p.activation.name: p for p in pairs}
-        return [Score(by_name[s.name], s.score, s.off) for s in analysis.candidates()]
+        return [Score(pair, s.score, s.off) for pair, s in _in_pool(pairs, analysis)]
 
 
 class EntropyScorer(Scorer):
@@ -147,13 +146,8 @@ class EntropyScorer(Scorer):
 
     def __call__(self, context, pairs):
         stats = context.statistics(pairs)
-        by_name = {p.activation.name: p for p in pairs}
-        # Measured once per decision: a retry (after a refused change, the
-        # weights restored) scores fewer pairs on the same statistics.
         return [
-            Score(by_name[s.name], s.entropy, s.never_on)
-            for s in stats.candidates()
-            if s.name in by_name
+            Score(pair, s.entropy, s.never_on) for pair, s in _in_pool(pairs, stats)
         ]
 
     def also_take(self, ranked):
@@ -251,3 +245,11 @@ def as_scorer(scorer):
         "Expected a scorer: a `keras_collapse.scores.Scorer` or a callable "
         f"`(context, pairs) -> [(pair, value), ...]`. Received: {scorer!r}"
     )
+
+
+def _in_pool(pairs, measured):
+    """`(pair, state)` for each of `measured.candidates()` in `pairs`: the
+    statistics are measured once per decision, and a retry (after a refused
+    change, the weights restored) scores fewer pairs on them."""
+    by_name = {p.activation.name: p for p in pairs}
+    return [(by_name[s.name], s) for s in measured.candidates() if s.name in by_name]

@@ -444,7 +444,11 @@ class TestPrecheck(TestCase):
 
         model = planted_model()
         data = teacher_data(model)
-        tlc = kc.TLCCallback(data, ranking=a0_first, interval=1, verbose=0)
+        # precheck=0.02: at most 2 % of the predictions may change at once
+        # (by default 10 %: a change may cost more before its recovery).
+        tlc = kc.TLCCallback(
+            data, ranking=a0_first, interval=1, precheck=0.02, verbose=0
+        )
         counter = EpochCounter()
         fit(model, data, [tlc, counter], epochs=2)
         actions = [(e["action"], e["layers"]) for e in tlc.events]
@@ -461,6 +465,20 @@ class TestPrecheck(TestCase):
         fit(model, data, [tlc], epochs=2)
         assert "refused" not in [e["action"] for e in tlc.events]
 
-    def test_bad_precheck(self):
+    def test_default_tolerance_is_five_times_the_guards(self):
+        from keras_collapse.callbacks.precheck import Precheck
+
+        accuracy = Precheck(None, None, None, None, 32)
+        accuracy.key = "accuracy"
+        assert accuracy._passes(0.81, 0.9) and not accuracy._passes(0.79, 0.9)
+        loss = Precheck(None, None, None, 0.1, 32)
+        loss.key = "loss"
+        assert loss._passes(1.49, 1.0) and not loss._passes(1.51, 1.0)
+        own = Precheck(None, None, None, None, 32, own_tolerance=0.01)
+        own.key = "accuracy"
+        assert own._passes(0.895, 0.9) and not own._passes(0.885, 0.9)
+
+    @pytest.mark.parametrize("bad", ["yes", 0, -0.1, None])
+    def test_bad_precheck(self, bad):
         with pytest.raises(ValueError, match="precheck"):
-            kc.TLCCallback(precheck="yes")
+            kc.TLCCallback(precheck=bad)

@@ -418,3 +418,43 @@ class TestRandomGraphs(builders.SurgeryTestCase):
         assert report.after.activations == 0
         weighted = [layer for layer in small.layers if layer.weights]
         assert len(weighted) == 1
+
+
+def _after(model, shape, lock=()):
+    """The surgery result's stats, with activations `lock` locked first on
+    a copy of `model` (verified elsewhere: here only what it saves)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    kc.lock_linear(copy, [a for a in kc.collapsible_layers(copy) if a.name in lock])
+    _, report = kc.surgery(copy, return_report=True, input_shape=shape, verify=False)
+    return report.after
+
+
+class TestMergeUnitsOnRandomGraphs:
+    """`merge_units` finds what the real surgery does: every activation
+    whose linearization alone lowers the result's depth or MACs is a unit
+    with the surgery's own savings, and every unit saves what it says.
+    (Layer counts differ by emission: an activation between linear and its
+    kind is emitted as more than one plain layer.)"""
+
+    @settings(max_examples=builders.EXAMPLES // 2, deadline=None, database=None)
+    @given(graph=st.one_of(graphs, stacks).filter(lambda g: not g["unknown_size"]))
+    def test_every_unit_saves_what_the_real_surgery_saves(self, graph):
+        model, shape, _, _ = build(graph)
+        found = kc.merge_units(model)
+        base = _after(model, shape)
+        alone = {u.activations[0]: u for u in found.units if len(u.activations) == 1}
+        for name in found.candidates[:3]:
+            after = _after(model, shape, [name])
+            saved = (base.depth - after.depth, base.macs - after.macs)
+            unit = alone.get(name)
+            if unit is None:
+                assert max(saved) <= 0, (name, saved, found.table())
+            else:
+                assert (unit.depth, unit.macs) == saved, (name, unit)
+        for unit in found.units[:2]:
+            after = _after(model, shape, unit.activations)
+            assert (unit.depth, unit.macs) == (
+                base.depth - after.depth,
+                base.macs - after.macs,
+            ), unit
