@@ -185,6 +185,8 @@ def collapse_run(key, objective, target, args, base, train, val):
         batch_size=args.batch_size,
         teacher="auto" if key == "joint-teacher" else None,
         prior="easier" if key == "joint-prior" else None,
+        search=args.search,
+        polarize=args.polarize,
         samples=args.samples,
         latency=False,
         seed=args.seed,
@@ -567,6 +569,18 @@ def main(argv=None):
         default="0.3",
         type=lambda t: [float(v) for v in t.split(",")],
         help="targets of the collapse-depth / collapse-latency rows",
+    )
+    parser.add_argument(
+        "--search",
+        type=float,
+        default=0.5,
+        help="collapse rows: the gates' search share of the fine-tune",
+    )
+    parser.add_argument(
+        "--polarize",
+        type=float,
+        default=0.25,
+        help="collapse rows: the polarization share (the rest is recovery)",
     )
     parser.add_argument("--factor", type=float, default=5.0)
     parser.add_argument("--lock-tolerance", type=float, default=0.05)

@@ -12,6 +12,7 @@ from keras_collapse.collapse import _distiller
 from tests.callbacks.test_joint import digits
 from tests.callbacks.test_joint import small_cnn
 from tests.testing import TestCase
+from tests.testing import slow_off_torch
 
 
 def trained(seed=0):
@@ -75,6 +76,7 @@ class TestCollapse(TestCase):
         small, report = run(model, objective="depth", target=0.3)
         assert base - report.after.depth >= 0.3 * base, (base, report.after.depth)
 
+    @slow_off_torch
     def test_teacher_auto_distills_and_reports_it(self):
         model = trained()
         small, report = run(model, target=0.4, teacher="auto")
@@ -95,6 +97,7 @@ class TestCollapse(TestCase):
         assert got == pytest.approx(want, rel=1e-4)
         assert got > 0
 
+    @slow_off_torch
     def test_verbose_prints_stages_and_the_report(self, capsys):
         model = trained()
         run(model, target=0.2, epochs=2, verbose=1)

@@ -11,6 +11,7 @@ import keras_collapse as kc
 from keras_collapse.cost_model import MeasuredCostModel
 from tests.test_units import mobilenet_block
 from tests.testing import TestCase
+from tests.testing import slow_off_torch
 
 
 class TestMeasuredCostModel(TestCase):
@@ -39,6 +40,7 @@ class TestMeasuredCostModel(TestCase):
         assert again("conv", (3, 3, 4, 8), 64) == first
         assert len(calls) == n
 
+    @slow_off_torch
     def test_each_kind_builds_and_times(self, monkeypatch):
         monkeypatch.setattr(MeasuredCostModel, "_cache", {})
         model = MeasuredCostModel(repeats=1)
@@ -51,6 +53,7 @@ class TestMeasuredCostModel(TestCase):
         ):
             assert np.isfinite(model(kind, shape, positions))
 
+    @slow_off_torch
     def test_surgery_under_the_measured_model_is_exact(self):
         model = mobilenet_block()
         for layer in kc.collapsible_layers(model):

@@ -29,7 +29,9 @@ import keras
 import pytest
 
 import keras_collapse as kc
+from tests.testing import SLOW_OFF_TORCH
 from tests.testing import require
+from tests.testing import trains
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -163,7 +165,11 @@ def optional_modules(code):
     return sorted(needed - {"keras", "keras_collapse", "numpy"} - STDLIB)
 
 
-@pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.id for s in SNIPPETS])
+@pytest.mark.parametrize(
+    "snippet",
+    [pytest.param(s, marks=SLOW_OFF_TORCH if trains(s.code) else []) for s in SNIPPETS],
+    ids=[s.id for s in SNIPPETS],
+)
 def test_snippet_runs_as_shown(snippet, tmp_path):
     for module in optional_modules(snippet.code):
         require(module, f"the README snippet {snippet.id}")

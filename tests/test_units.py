@@ -251,6 +251,24 @@ class TestObjective(TestCase):
         self.fit(latency)
         assert latency.linearized == ["fc_act"]
 
+    def test_data_free_warning_names_data_when_units_lack_a_batchnorm(self):
+        # The BN-paired activation sits between two "same" 3x3 convs (no
+        # exact merge); the one unit is the Dense head's, without a BN.
+        inputs = keras.Input((8, 8, 4))
+        h = layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+        h = act(bn(h, 0), "inner")
+        h = layers.Conv2D(4, 3, padding="same", name="conv2")(h)
+        h = layers.GlobalAveragePooling2D()(h)
+        h = act(layers.Dense(16, name="fc1")(h), "fc_act")
+        model = keras.Model(inputs, layers.Dense(3, name="fc2")(h))
+        model.compile("sgd", "mse")
+        tlc = kc.TLCCallback(objective="depth", verbose=0)
+        x = self.random_inputs((32, 8, 8, 4))
+        y = self.random_inputs((32, 3), seed=1)
+        with pytest.warns(UserWarning, match=r"\['fc_act'\].*`data=x_sample`"):
+            model.fit(x, y, epochs=2, verbose=0, callbacks=[tlc])
+        assert tlc.linearized == []
+
     def test_per_decision_takes_several_units_at_once(self):
         def two_units():
             # Two Dense∘Dense units after the pooling: fc_act and fc2_act.

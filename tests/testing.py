@@ -18,6 +18,25 @@ INSTALL_HINT = (
 )
 
 
+# Long training flows (fits of several epochs, README and tutorial runs):
+# their logic is the library's Python over Keras' `fit`, the same on every
+# backend, and they cost 2-4x more on TensorFlow and JAX than on torch. In
+# the default run they run on torch; `--run-large` runs them everywhere.
+# (Backend-specific paths — the surgery, the layers, the graph, state sync,
+# distribution, export — run on all three in every run.)
+SLOW_OFF_TORCH = [pytest.mark.large] if keras.backend.backend() != "torch" else []
+
+
+def slow_off_torch(test):
+    """Marks one test function large except on torch (`SLOW_OFF_TORCH`)."""
+    return pytest.mark.large(test) if SLOW_OFF_TORCH else test
+
+
+def trains(code):
+    """Whether a script trains (calls `fit` or `collapse`): a long flow."""
+    return ".fit(" in code or "kc.collapse(" in code
+
+
 class TestCase:
     """Helpers shared by the test classes (pytest collects `Test*` subclasses)."""
 

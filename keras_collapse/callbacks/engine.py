@@ -414,10 +414,39 @@ class LinearizationCallback(keras.callbacks.Callback):
             self._warned_no_unit = True
             warnings.warn(
                 f"{self.method}: in model '{self.model.name}', "
-                f"{found.why_none(self.objective)} This callback does nothing.",
+                f"{self._why_no_unit(pool, found)} This callback does nothing.",
                 stacklevel=3,
             )
         return False
+
+    def _why_no_unit(self, pool, found):
+        """Why no candidate unit buys anything; names `data=` when units
+        exist among activations this ranking cannot score (no BatchNorm)."""
+        if not self.scorer.batchnorm_only:
+            return found.why_none(self.objective)
+        names = {p.activation.name for p in pool}
+        others = [
+            p for p in self._pairs if p.batchnorm is None and not p.activation.is_linear
+        ]
+        if others:
+            wider = units_of(
+                self.model,
+                [*[p for p in self._pairs if p.activation.name in names], *others],
+                exact=self.exact,
+                cost_model=self.cost_model,
+            ).for_objective(self.objective)
+            unscored = sorted(
+                {n for u in wider for n in u.activations if n not in names}
+            )
+            if unscored:
+                return (
+                    f"the merge units under objective {self.objective!r} hold "
+                    f"activations without a BatchNormalization ({unscored}), "
+                    f"which the {self.scorer.label} cannot score: pass "
+                    "`data=x_sample` (or `validation_data=(x, y)`) to make "
+                    "them candidates."
+                )
+        return found.why_none(self.objective)
 
     def _unscorable_message(self):
         return (

@@ -7,7 +7,6 @@ import numpy as np
 from keras_collapse.callbacks.guard import accuracy_key
 from keras_collapse.collapsible import sync_training_state
 
-
 # How many times the guard's tolerance a change may cost at once: before its
 # recovery a change costs more than the guard accepts after it (2-8 points
 # of accuracy for an epoch on the comparison nets); the pre-check is there

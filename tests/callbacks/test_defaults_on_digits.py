@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
+from tests.testing import SLOW_OFF_TORCH
 from tests.testing import require
+
+pytestmark = SLOW_OFF_TORCH
 
 require("sklearn", "the digits data")
 
