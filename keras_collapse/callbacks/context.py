@@ -66,16 +66,7 @@ class DecisionContext:
                 "This scorer measures the loss on labelled data: pass "
                 "`validation_data=(x, y)`."
             )
-        sync_training_state(self.trainer)
-        x, y, w = self.sample
-        return self.model.evaluate(
-            x,
-            y,
-            sample_weight=w,
-            batch_size=self.batch_size,
-            verbose=0,
-            return_dict=True,
-        )
+        return evaluate_sample(self.model, self.sample, self.batch_size, self.trainer)
 
     def statistics(self, pairs):
         """`ActivationStatistics` of the candidates over the data sample,
@@ -118,3 +109,13 @@ class Progress:
     def update(self, n):
         if self._bar is not None:
             self._bar.update(n)
+
+
+def evaluate_sample(model, sample, batch_size, trainer=None):
+    """`model.evaluate` on a fixed `(x, y, w)` sample, as a dict, after the
+    training state of `trainer` (the model `fit` runs) is synced."""
+    sync_training_state(trainer if trainer is not None else model)
+    x, y, w = sample
+    return model.evaluate(
+        x, y, sample_weight=w, batch_size=batch_size, verbose=0, return_dict=True
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from keras_collapse import data as data_lib
 from keras_collapse.callbacks.change import Change
 from keras_collapse.callbacks.context import DecisionContext
+from keras_collapse.callbacks.context import evaluate_sample
 from keras_collapse.callbacks.guard import Guard
 from keras_collapse.callbacks.guard import accuracy_key
 from keras_collapse.callbacks.precheck import Precheck
@@ -797,16 +798,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         return None
 
     def _evaluate(self):
-        sync_training_state(self.model)
-        x, y, w = self._sample
-        return self.model.evaluate(
-            x,
-            y,
-            sample_weight=w,
-            batch_size=self.batch_size,
-            verbose=0,
-            return_dict=True,
-        )
+        return evaluate_sample(self.model, self._sample, self.batch_size)
 
     def _measures_itself(self):
         """Whether the guard is the callback's own measurement on the

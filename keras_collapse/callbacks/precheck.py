@@ -4,6 +4,7 @@ sample, measured with one forward pass."""
 import keras
 import numpy as np
 
+from keras_collapse.callbacks.context import evaluate_sample
 from keras_collapse.callbacks.guard import accuracy_key
 from keras_collapse.collapsible import sync_training_state
 
@@ -72,15 +73,7 @@ class Precheck:
     def _measure(self, reference):
         sync_training_state(self.trainer)
         if self.sample is not None:
-            x, y, w = self.sample
-            result = self.model.evaluate(
-                x,
-                y,
-                sample_weight=w,
-                batch_size=self.batch_size,
-                verbose=0,
-                return_dict=True,
-            )
+            result = evaluate_sample(self.model, self.sample, self.batch_size)
             self.key = self.key or accuracy_key(result) or "loss"
             return float(result[self.key])
         self.key = "unchanged predictions"
