@@ -181,6 +181,7 @@ def test_comparison_benchmark_on_digits(tmp_path):
         ("cost_models.py", ["--cases", "d", "--repeats", "2"]),
         ("bias_maps.py", ["--repeats", "2"]),
         ("merge_units_time.py", ["--runs", "1"]),
+        ("depth_objective_digits.py", ["--epochs", "2", "--base-epochs", "1"]),
     ],
 )
 def test_per_backend_benchmarks_run(tmp_path, script, args):

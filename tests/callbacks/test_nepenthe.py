@@ -1,6 +1,8 @@
 """NEPENTHECallback: entropy-steered pruning rounds, zero-entropy layers
 linearized, guard and rollback of weights and masks, records."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -127,10 +129,13 @@ class TestRounds(TestCase):
             caps = [event["remaining"][a] for a in scored]
             budget = round(0.3 * sum(caps))
             assert event["budget"] == budget
-            assert event["pruned"] == kc.allocate_budget(
-                expected, event["remaining"], budget
-            )
+            # Each share capped at half of what the layer has left.
+            halves = {a: math.ceil(0.5 * event["remaining"][a]) for a in scored}
+            assert event["caps"] == halves
+            assert event["pruned"] == kc.allocate_budget(expected, halves, budget)
             assert sum(event["pruned"].values()) == budget
+            assert all(event["pruned"][a] <= halves[a] for a in scored)
+            caps = [halves[a] for a in scored]
             shares = oracle_shares([expected[a] for a in scored], caps, budget)
             for a, share in zip(scored, shares):
                 assert abs(event["pruned"][a] - share) < 1.0
@@ -144,6 +149,20 @@ class TestRounds(TestCase):
                     assert int((mask & ~before).sum()) == event["pruned"][act]
         # The lower-entropy layer loses more.
         assert first["pruned"]["mostly"] > first["pruned"]["toss1"]
+
+    def test_no_round_masks_more_than_half_of_a_layer(self):
+        model = trainable_model()
+        x, y = regression_data()
+        nep = kc.NEPENTHECallback(
+            x, prune_fraction=0.95, interval=1, tolerance=1e6, precheck=False, verbose=0
+        )
+        fit(model, (x, y), [nep], epochs=3)
+        rounds = [e for e in nep.events if e["action"] == "pruned"]
+        assert rounds
+        for event in rounds:
+            for act, count in event["pruned"].items():
+                assert count <= math.ceil(0.5 * event["remaining"][act]), event
+            assert all(v < 1.0 for v in event["sparsity"].values()), event
 
     def test_masks_hold_through_fit_and_save_load(self, tmp_path):
         model = trainable_model()

@@ -1,0 +1,111 @@
+"""Issue 21's depth setting: a MobileNetV2-style net (inverted residual blocks,
+ReLU6) on scikit-learn digits, fine-tuned with `objective="depth"`.
+
+Per method (a no-method control first, on the same base and data order): the
+held-out accuracy, the surgery result's real depth against the BN-folded base's,
+the activations linearized and the callback's events.
+
+    python3 scripts/dev.py run --backend torch benchmarks/depth_objective_digits.py
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_collapse as kc  # noqa: E402
+from benchmarks.linearization_fashion_mnist import mobilenet_v2_style  # noqa: E402
+
+
+def digits(seed):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).reshape(-1, 8, 8, 1).astype("float32")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order].astype("int32")
+    return (x[:1200], y[:1200]), (x[1200:1500], y[1200:1500]), (x[1500:], y[1500:])
+
+
+def callback(method, train, val):
+    if method == "tlc":
+        return kc.TLCCallback(validation_data=val, objective="depth", verbose=0)
+    if method == "easier":
+        return kc.EASIERCallback(
+            train[0][:512], validation_data=val, objective="depth", verbose=0
+        )
+    return None
+
+
+def run(method, base_weights, args, train, val, test):
+    keras.utils.set_random_seed(args.seed)
+    model = kc.make_collapsible(mobilenet_v2_style((8, 8, 1), width=args.width))
+    model.set_weights(base_weights)
+    model.compile(
+        keras.optimizers.Adam(args.lr),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    cb = callback(method, train, val)
+    model.fit(
+        *train,
+        epochs=args.epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=[cb] if cb else [],
+    )
+    _, report = kc.surgery(model, return_report=True)
+    accuracy = model.evaluate(*test, verbose=0)[1]
+    return accuracy, report.after.depth, cb
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="tlc,easier")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--base-epochs", type=int, default=8)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the lines here")
+    args = parser.parse_args(argv)
+    train, val, test = digits(args.seed)
+    keras.utils.set_random_seed(args.seed)
+    base = kc.make_collapsible(mobilenet_v2_style((8, 8, 1), width=args.width))
+    base.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    base.fit(*train, epochs=args.base_epochs, batch_size=64, verbose=0)
+    _, folded = kc.surgery(base, return_report=True)
+    base_accuracy = base.evaluate(*test, verbose=0)[1]
+    lines = [
+        f"# {' '.join(sys.argv)}  (backend {keras.backend.backend()})",
+        f"base: {args.base_epochs} epochs, held-out accuracy {base_accuracy:.4f}, "
+        f"BN-folded depth {folded.after.depth}",
+    ]
+    weights = base.get_weights()
+    for method in ["control", *[m for m in args.methods.split(",") if m]]:
+        accuracy, depth, cb = run(method, weights, args, train, val, test)
+        saved = 1 - depth / folded.after.depth
+        done = cb.linearized if cb else []
+        lines.append(
+            f"{method:>8} [depth]: accuracy {accuracy:.4f}, depth "
+            f"{folded.after.depth} -> {depth} ({saved:.0%} shallower), "
+            f"linearized {len(done)}: {done}"
+        )
+        for e in cb.events if cb else []:
+            lines.append(f"    epoch {e['epoch']}: {e['action']} {e['layers']}")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
