@@ -181,7 +181,6 @@ def test_comparison_benchmark_on_digits(tmp_path):
         ("cost_models.py", ["--cases", "d", "--repeats", "2"]),
         ("bias_maps.py", ["--repeats", "2"]),
         ("merge_units_time.py", ["--runs", "1"]),
-        ("depth_objective_digits.py", ["--epochs", "2", "--base-epochs", "1"]),
     ],
 )
 def test_per_backend_benchmarks_run(tmp_path, script, args):
@@ -204,3 +203,30 @@ def test_per_backend_benchmarks_run(tmp_path, script, args):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     assert "ratio" in text and "x" in text
+
+
+@pytest.mark.large
+def test_depth_objective_digits_runs(tmp_path):
+    """Issue 21's depth setting: a control and each method, with the real
+    depth of the surgery result against the folded base's."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "depth.txt"
+    args = ["--epochs", "3", "--base-epochs", "2", "--methods", "tlc"]
+    args += ["--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "depth_objective_digits.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    base = int(re.search(r"BN-folded depth (\d+)", text).group(1))
+    control = re.search(r"control \[depth\]: .* depth (\d+) -> (\d+)", text)
+    assert control and int(control.group(1)) == int(control.group(2)) == base
+    assert re.search(r"tlc \[depth\]: accuracy 0\.\d+, depth \d+ -> \d+", text)
