@@ -676,7 +676,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             "refused",
             change.layers,
             value=value,
-            best=self._precheck._reference,
+            best=self._precheck.reference,
             reason=f"the pre-check's {self._precheck.key} fell too far at once",
         )
         return True

@@ -110,8 +110,16 @@ class Guard:
         """Whether `value` fell no more than the tolerance from `reference`."""
         if reference is None or not math.isfinite(value):
             return math.isfinite(value)
-        if self.maximize:
-            tolerance = 0.02 if self.tolerance is None else self.tolerance
-            return value >= reference - tolerance
-        tolerance = 0.05 if self.tolerance is None else self.tolerance
-        return value <= reference + tolerance * abs(reference)
+        return within(value, reference, self.maximize, self.tolerance)
+
+
+def within(value, reference, maximize, tolerance=None, scale=1.0):
+    """Whether `value` fell no more than `scale` times the tolerance from
+    `reference`: absolute when maximized (None: 0.02), relative when
+    minimized (None: 0.05)."""
+    if tolerance is None:
+        tolerance = 0.02 if maximize else 0.05
+    tolerance *= scale
+    if maximize:
+        return value >= reference - tolerance
+    return value <= reference + tolerance * abs(reference)

@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_collapse.callbacks.context import evaluate_sample
 from keras_collapse.callbacks.guard import accuracy_key
+from keras_collapse.callbacks.guard import within
 from keras_collapse.collapsible import sync_training_state
 
 # How many times the guard's tolerance a change may cost at once: before its
@@ -70,13 +71,20 @@ class Precheck:
         value = self._measure(reference=False)
         return value, self._passes(value, self._reference)
 
+    @property
+    def reference(self):
+        """The value measured by the last `before()`."""
+        return self._reference
+
     def _measure(self, reference):
-        sync_training_state(self.trainer)
         if self.sample is not None:
-            result = evaluate_sample(self.model, self.sample, self.batch_size)
+            result = evaluate_sample(
+                self.model, self.sample, self.batch_size, self.trainer
+            )
             self.key = self.key or accuracy_key(result) or "loss"
             return float(result[self.key])
         self.key = "unchanged predictions"
+        sync_training_state(self.trainer)
         out = keras.tree.flatten(
             self.model.predict(self.data, batch_size=self.batch_size, verbose=0)
         )[0]
@@ -95,13 +103,6 @@ class Precheck:
     def _passes(self, value, reference):
         if not np.isfinite(value):
             return False
-        maximize = self._maximize()
-        tolerance = self.own_tolerance
-        if tolerance is None:
-            guard = self.tolerance
-            if guard is None:
-                guard = 0.02 if maximize else 0.05
-            tolerance = SLACK * guard
-        if maximize:
-            return value >= reference - tolerance
-        return value <= reference + tolerance * abs(reference)
+        if self.own_tolerance is not None:
+            return within(value, reference, self._maximize(), self.own_tolerance)
+        return within(value, reference, self._maximize(), self.tolerance, SLACK)
