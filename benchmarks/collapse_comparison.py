@@ -27,6 +27,9 @@ side, interleaved, in one process per backend: they load with plain Keras).
         benchmarks/collapse_comparison.py --out benchmarks/results/collapse_comparison
 
 `--dataset digits --train 600 ...` is the reduced version the tests run.
+`--keep DIR` keeps the saved models and the rows in DIR; `--retime DIR`
+times those models again (on a quiet machine) and prints the table anew,
+with no training.
 """
 
 import argparse
@@ -597,6 +600,13 @@ def main(argv=None):
     )
     parser.add_argument("--latency-backends", default="jax,tensorflow,torch")
     parser.add_argument("--out", default=None, help="write <out>.txt/.json/.png")
+    parser.add_argument(
+        "--keep", help="keep the saved models and the rows in this folder"
+    )
+    parser.add_argument(
+        "--retime",
+        help="a --keep folder: time its models again and print the table, no training",
+    )
     parser.add_argument("--time-saved", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -619,27 +629,50 @@ def main(argv=None):
         print(message, flush=True)
 
     started, machine = time.time(), machine_line()
-    data = load_data(args.dataset, args.train, args.val, args.test, args.seed)
-    log(
-        f"{args.dataset}: {len(data[0][0])} train / {len(data[1][0])} val / "
-        f"{len(data[2][0])} test; training on {keras.backend.backend()}"
-    )
-    rows, files = [], {}
-    first_seed = args.seed
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            for seed in range(first_seed, first_seed + args.seeds):
-                args.seed = seed
-                model_rows, files[f"{name}@{seed}"] = run_model(
-                    name, args, data, Path(tmp), log
-                )
-                rows += model_rows
-        args.seed = first_seed
-        backends = [b for b in args.latency_backends.split(",") if b]
+    backends = [b for b in args.latency_backends.split(",") if b]
+    if args.retime:
+        kept = json.loads((Path(args.retime) / "run.json").read_text())
+        rows, files, trained = kept["rows"], kept["files"], kept["command"]
+        for key, value in kept["settings"].items():
+            if key not in ("repeats", "latency_backends", "retime", "out"):
+                setattr(args, key, value)
         latency = latency_per_backend(files, backends, args.repeats, log)
+    else:
+        data = load_data(args.dataset, args.train, args.val, args.test, args.seed)
+        log(
+            f"{args.dataset}: {len(data[0][0])} train / {len(data[1][0])} val / "
+            f"{len(data[2][0])} test; training on {keras.backend.backend()}"
+        )
+        rows, files, trained = [], {}, None
+        first_seed = args.seed
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(args.keep or tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in args.models.split(","):
+                for seed in range(first_seed, first_seed + args.seeds):
+                    args.seed = seed
+                    model_rows, files[f"{name}@{seed}"] = run_model(
+                        name, args, data, folder, log
+                    )
+                    rows += model_rows
+            args.seed = first_seed
+            if args.keep:
+                (folder / "run.json").write_text(
+                    json.dumps(
+                        {
+                            "rows": rows,
+                            "files": files,
+                            "command": command_line(),
+                            "settings": vars(args),
+                        },
+                        default=str,
+                    )
+                )
+            latency = latency_per_backend(files, backends, args.repeats, log)
     text = "\n".join(
         [
             f"# {command_line()}",
+            *([f"# re-timed models trained by: {trained}"] if trained else []),
             f"# {machine}; {time.time() - started:.0f} s in all; trained on "
             f"{keras.backend.backend()} {keras.__version__}",
             f"settings: {vars(args)}",

@@ -136,8 +136,7 @@ class MomentsProbe:
             )
             for x, _, _ in batches:
                 data_lib.check_inputs(model, x, what)
-                if isinstance(x, dict):
-                    x = [x[t.name] for t in model.inputs]
+                x = data_lib.cast_inputs(model, x)  # as `predict` does
                 for m, out in zip(moments, probe.predict_on_batch(x)):
                     m.add(keras.ops.convert_to_numpy(out))
                 samples += data_lib.rows(x)

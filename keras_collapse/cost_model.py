@@ -7,9 +7,11 @@ merged layer costs no more than the layers it replaces.
 
 import json
 import math
+import numbers
 import os
 
 import keras
+import numpy as np
 
 from keras_collapse.checks import check_int
 from keras_collapse.report.latency import measure_latency
@@ -107,11 +109,9 @@ class MeasuredCostModel:
         check_int("repeats", repeats, 1)
         self.batch_size = batch_size
         self.repeats = repeats
-        self.cache_file = cache_file
-        if cache_file is not None:
-            if os.path.exists(cache_file):
-                with open(cache_file) as f:
-                    self._cache.update({k: float(v) for k, v in json.load(f).items()})
+        self.cache_file = _check_cache_file(cache_file)
+        if self.cache_file is not None and os.path.exists(self.cache_file):
+            self._cache.update(_read_cache(self.cache_file))
         self._overhead = None
 
     def _key(self, *parts):
@@ -145,8 +145,14 @@ class MeasuredCostModel:
     def _store(self, key, value):
         self._cache[key] = value
         if self.cache_file is not None:
-            with open(self.cache_file, "w") as f:
-                json.dump(self._cache, f, indent=0, sort_keys=True)
+            try:
+                with open(self.cache_file, "w") as f:
+                    json.dump(self._cache, f, indent=0, sort_keys=True)
+            except OSError as e:
+                raise OSError(
+                    f"MeasuredCostModel could not write its cache_file "
+                    f"{self.cache_file!r}: {e}"
+                ) from e
 
     def _time(self, model):
         result = measure_latency(
@@ -159,6 +165,116 @@ class MeasuredCostModel:
             f"MeasuredCostModel(batch_size={self.batch_size}, "
             f"repeats={self.repeats}, cache_file={self.cache_file!r})"
         )
+
+
+def price(cost_model, kind, kernel_shape, output_positions, layer):
+    """`cost_model(kind, kernel_shape, output_positions)` as a float.
+
+    Args:
+        layer: str, what is priced, for the error ("layer 'conv1'", "the
+            merge of 'a', 'b'").
+
+    Raises:
+        ValueError: unless the cost model returned a finite number: a NaN,
+            an infinity or a string would make every comparison of costs
+            meaningless (a NaN is never smaller, so nothing would merge).
+    """
+    cost = cost_model(kind, kernel_shape, output_positions)
+    if not _is_finite_number(cost):
+        call = f"({kind!r}, {tuple(int(d) for d in kernel_shape)}, {output_positions})"
+        raise ValueError(
+            "`cost_model` must return a finite number, the cost of a layer. "
+            f"Received: {cost!r} ({type(cost).__name__}) for {layer}: "
+            f"cost_model{call}"
+        )
+    return float(cost)
+
+
+def layer_overhead(cost_model):
+    """The cost model's `layer_overhead` (0 when it has none) as a float.
+
+    Raises:
+        ValueError: unless it is a finite number.
+    """
+    overhead = getattr(cost_model, "layer_overhead", 0.0)
+    if not _is_finite_number(overhead):
+        raise ValueError(
+            "`cost_model.layer_overhead` must be a finite number, the cost of "
+            f"one more layer. Received: layer_overhead={overhead!r}"
+        )
+    return float(overhead)
+
+
+def _is_finite_number(value):
+    """Whether `value` is a real number (a NumPy scalar or 0-d array too,
+    bools not) and finite."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+    )
+
+
+def _check_cache_file(cache_file):
+    """`cache_file` as a str path, checked before any timing: None, or a
+    file (existing or not) in a folder that exists."""
+    if cache_file is None:
+        return None
+    if not isinstance(cache_file, (str, os.PathLike)):
+        raise ValueError(
+            "`cache_file` must be None or the path of a JSON file. Received: "
+            f"cache_file={cache_file!r}"
+        )
+    path = os.fspath(cache_file)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"`cache_file` must be a file in a folder that exists: {folder!r} "
+            f"does not (create it first). Received: cache_file={path!r}"
+        )
+    if os.path.isdir(path):
+        raise ValueError(
+            "`cache_file` must be the path of a JSON file, not a folder. "
+            f"Received: cache_file={path!r}"
+        )
+    writable = os.access(path if os.path.exists(path) else folder, os.W_OK)
+    if not writable:
+        raise ValueError(
+            f"`cache_file` must be writable (new timings are added to it): "
+            f"{path!r} is not."
+        )
+    return path
+
+
+def _read_cache(path):
+    """The costs stored in cache file `path`: `{key: microseconds}`."""
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError included
+        raise ValueError(
+            f"`cache_file` {path!r} is not a valid JSON file ({e}). Delete it "
+            "(it is re-made by timing) or pass another file."
+        ) from None
+    except OSError as e:
+        raise ValueError(f"`cache_file` {path!r} cannot be read: {e}") from None
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"`cache_file` {path!r} must hold a JSON object of costs (key -> "
+            f"microseconds), as MeasuredCostModel writes it. Received a JSON "
+            f"{type(stored).__name__}."
+        )
+    bad = {k: v for k, v in stored.items() if not _is_finite_number(v) or v < 0}
+    if bad:
+        key, value = next(iter(bad.items()))
+        raise ValueError(
+            f"`cache_file` {path!r} must map each key to a finite number of "
+            f"microseconds >= 0. Received {len(bad)} value(s) that are not, e.g. "
+            f"{key!r}: {value!r}"
+        )
+    return {k: float(v) for k, v in stored.items()}
 
 
 def _spatial(positions, rank):

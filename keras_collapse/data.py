@@ -8,6 +8,7 @@ errors. Batches come out as NumPy (nested like the model's inputs).
 
 import inspect
 import itertools
+import numbers
 
 import keras
 import numpy as np
@@ -95,6 +96,7 @@ def iter_batches(data, batch_size, *, n_inputs=None, max_samples=None, what="dat
             None if part is None else keras.tree.map_structure(to_numpy, part)
             for part in unpack(batch, n_inputs)
         )
+        _check_batch(x, what)
         n = rows(x)
         if count + n > limit:
             keep = int(limit - count)
@@ -116,6 +118,10 @@ def iter_batches(data, batch_size, *, n_inputs=None, max_samples=None, what="dat
 
 
 def _batches(data, batch_size, n_inputs, max_samples, what):
+    _refuse_python_numbers(data, what)
+    _check_input_rows(data, n_inputs, what)
+    if isinstance(data, tuple) and 1 <= len(data) <= 3:
+        _check_input_rows(data[0], n_inputs, what)
     if (
         isinstance(data, tuple)
         and 1 <= len(data) <= 3
@@ -153,6 +159,64 @@ def _batches(data, batch_size, n_inputs, max_samples, what):
         "or an iterable of such batches (tf.data.Dataset, keras.utils.PyDataset, "
         f"torch DataLoader, a list or generator). Received: {type(data).__name__}"
     )
+
+
+def _refuse_python_numbers(data, what):
+    """Raises a ValueError when list / tuple `data` holds Python numbers
+    (a nested list of values): it is read as arrays only as arrays."""
+    if not isinstance(data, (list, tuple)):
+        return
+    leaf = next(
+        (
+            leaf
+            for leaf in keras.tree.flatten(data)
+            if isinstance(leaf, (numbers.Number, np.generic))
+        ),
+        None,
+    )
+    if leaf is not None:
+        raise ValueError(
+            f"`{what}` must hold arrays (NumPy arrays or tensors, a row per "
+            "sample), not Python lists of numbers: pass `np.asarray(...)` for "
+            f"x (and y). Received: a {type(data).__name__} holding "
+            f"{type(leaf).__name__} values, e.g. {leaf!r}"
+        )
+
+
+def _check_input_rows(x, n_inputs, what):
+    """Raises a ValueError when `x` is the arrays of a multi-input model's
+    inputs (a dict of arrays, or a list / tuple of `n_inputs` arrays) whose
+    numbers of rows differ."""
+    if isinstance(x, dict):
+        parts = list(x.values())
+    elif isinstance(x, (list, tuple)) and n_inputs and n_inputs > 1:
+        parts = list(x) if len(x) == n_inputs else []
+    else:
+        return
+    if len(parts) < 2 or not all(_is_array(p) for p in parts):
+        return
+    counts = [len(p) for p in parts]
+    if len(set(counts)) > 1:
+        shapes = (
+            {k: tuple(v.shape) for k, v in x.items()}
+            if isinstance(x, dict)
+            else [tuple(p.shape) for p in parts]
+        )
+        raise ValueError(
+            f"`{what}` must hold one array per model input with the same "
+            f"number of rows (one per sample). Received {len(parts)} arrays "
+            f"with {counts} rows: shapes {shapes}"
+        )
+
+
+def _check_batch(x, what):
+    """Raises a ValueError unless every array of batch `x` has a batch axis."""
+    for part in keras.tree.flatten(x):
+        if np.ndim(part) == 0:
+            raise ValueError(
+                f"`{what}` must yield batches of arrays with a batch axis (a row "
+                f"per sample). Received a batch holding a single value: {part!r}"
+            )
 
 
 def replayable(data, batch_size, n_inputs=None, max_samples=None, what="data"):
@@ -203,6 +267,7 @@ def take_sample(data, size, seed=0, *, n_inputs=None, labels=False, what="data")
     Raises:
         ValueError: as `iter_batches`, or when `labels` and there are none.
     """
+    _refuse_python_numbers(data, what)
     if isinstance(data, tuple) and _is_array_structure(data[0], n_inputs):
         n = rows(data[0])
         _check_same_rows(data, n, what)
@@ -289,3 +354,32 @@ def check_inputs(model, x, what="data"):
                 f"'{tensor.name}': statistics over them would be meaningless. "
                 "Clean the data first."
             )
+
+
+def cast_inputs(model, x):
+    """`x` as `model.predict` gives it to the model: each array cast to the
+    dtype of its model input (uint8 images to float32, int64 token ids to
+    int32), in the order of `model.inputs` (a dict by input name). Models
+    built from layers (probes) do not cast their inputs as a Functional model
+    does, and a Conv on uint8 fails on every backend.
+
+    Returns:
+        One NumPy array for a single-input model, else a list.
+    """
+    if isinstance(x, dict):
+        parts = [x[t.name] for t in model.inputs]
+    else:
+        parts = keras.tree.flatten(x)
+    cast = [_cast(part, t.dtype) for part, t in zip(parts, model.inputs)]
+    return cast[0] if len(cast) == 1 else cast
+
+
+def _cast(array, dtype):
+    array = to_numpy(array)
+    want = keras.backend.standardize_dtype(dtype)
+    if keras.backend.standardize_dtype(array.dtype) == want:
+        return array
+    try:
+        return array.astype(np.dtype(want))
+    except TypeError:  # a dtype NumPy does not name (bfloat16)
+        return keras.ops.convert_to_numpy(keras.ops.cast(array, want))

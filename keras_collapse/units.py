@@ -21,8 +21,11 @@ import time
 import keras
 import numpy as np
 
+from keras_collapse.channel_moments import channel_axis
 from keras_collapse.checks import check_int
 from keras_collapse.cost_model import MacCostModel
+from keras_collapse.cost_model import layer_overhead
+from keras_collapse.cost_model import price
 from keras_collapse.graph import Graph
 from keras_collapse.graph import Ref
 from keras_collapse.passes import kinds
@@ -124,9 +127,69 @@ class MergeUnits:
         """The `MergeUnit` of linearizing `names` together, with the channels
         `off[name]` (bool per channel) of each zeroed first, as TLC and
         EASIER do for always-OFF channels: a cut can make the unmerged
-        layers the cheaper form, and the merge then does not happen."""
+        layers the cheaper form, and the merge then does not happen.
+
+        Args:
+            names: list of collapsible activation names of the model.
+            off: None, or a dict `{name: mask}` for some of `names`, each
+                mask a bool per channel of that activation.
+
+        Raises:
+            ValueError: if `names` is not a list of the model's collapsible
+                activations, or `off` has a key outside `names` or a mask
+                of another length than the activation's channels.
+        """
+        names = self._check_names(names)
+        off = self._check_off(names, off)
         unit, _ = self.dry_run.unit(tuple(names), off=off)
         return unit
+
+    def _check_names(self, names):
+        if isinstance(names, str) or not isinstance(
+            names, (list, tuple, set, frozenset)
+        ):
+            raise ValueError(
+                "`names` must be a list of collapsible activation names. "
+                f"Received: names={names!r}"
+            )
+        known = self.dry_run.activation_names()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                "`names` must name collapsible activations of the model, among "
+                f"{sorted(known)}. Received unknown name(s) {unknown} in "
+                f"names={names!r}"
+            )
+        return list(names)
+
+    def _check_off(self, names, off):
+        if off is None:
+            return None
+        if not isinstance(off, dict):
+            raise ValueError(
+                "`off` must be None or a dict {activation name: bool mask per "
+                f"channel}}. Received: off of type {type(off).__name__}"
+            )
+        checked = {}
+        for name, mask in off.items():
+            if name not in names:
+                raise ValueError(
+                    f"`off` must have keys among `names` {list(names)}. "
+                    f"Received: a mask for {name!r}"
+                )
+            if mask is None:
+                continue
+            mask = np.asarray(mask)
+            channels = self.dry_run.channels.get(name)
+            if mask.ndim != 1 or (channels is not None and len(mask) != channels):
+                expected = f"({channels},)" if channels is not None else "1-D"
+                raise ValueError(
+                    f"`off[{name!r}]` must be a bool mask with one entry per "
+                    f"channel of '{name}': shape {expected}. Received: shape "
+                    f"{mask.shape}"
+                )
+            checked[name] = mask.astype(bool)
+        return checked
 
     def for_objective(self, objective):
         """The units that buy something under `objective`."""
@@ -139,6 +202,7 @@ class MergeUnits:
     def why_none(self, objective="depth"):
         """A sentence saying why no unit buys anything under `objective`,
         and what would help."""
+        check_objective(objective)
         reasons = sorted(set(self.useless.values()))
         shown = "; ".join(reasons[:3]) or "no collapsible activation to linearize"
         hints = []
@@ -201,6 +265,12 @@ class DryRun:
         self.runs = 0
         graph = Graph.from_model(model)
         self.candidates = _nonlinear_collapsible(graph)
+        # Channels of each collapsible activation (what an `off` mask
+        # covers), as in the model.
+        self.channels = _channels(graph)
+        self._names = {
+            n.layer.name for n in graph.layer_nodes() if kinds.is_collapsible(n.layer)
+        }
         # Simplified once: each dry run starts from here (the passes reach a
         # fixed point, so running them again on a copy with a few more
         # activations linear gives what they would give from the start).
@@ -217,6 +287,10 @@ class DryRun:
             cut_dead_channels=self.cut_dead_channels,
         )
         return graph
+
+    def activation_names(self):
+        """The names of the model's collapsible activations."""
+        return set(self._names)
 
     def run(self, names, off=None):
         """`(Cost, Journal, calls replaced)` of the surgery with activations
@@ -287,7 +361,7 @@ class Cost:
     @classmethod
     def of(cls, graph, cost_model):
         nodes = graph.layer_nodes()
-        overhead = float(getattr(cost_model, "layer_overhead", 0.0))
+        overhead = layer_overhead(cost_model)
         depth, macs, latency, params, seen = {}, 0, 0.0, 0, set()
         for node in graph.topological():
             below = max((depth[r.node] for r in node.input_refs), default=0)
@@ -301,7 +375,9 @@ class Cost:
                 shape = _kernel_shape(node)
                 count = positions(node.shape)
                 macs += math.prod(shape) * count
-                latency += cost_model(kind, shape, count)
+                latency += price(
+                    cost_model, kind, shape, count, f"layer '{node.layer.name}'"
+                )
             if kinds.is_collapsible(node.layer):
                 continue
             if node.weights is not None:
@@ -356,6 +432,24 @@ def _kernel_shape(node):
     if node.weights is not None:
         return tuple(node.weights[0].shape)
     return tuple(node.layer.kernel.shape)
+
+
+def _channels(graph):
+    """`{name: channels}` of the collapsible activations: the size of the
+    channel axis of their input (what an `off` mask covers), where known."""
+    found = {}
+    for node in graph.layer_nodes():
+        if not kinds.is_collapsible(node.layer) or len(node.input_refs) != 1:
+            continue
+        (ref,) = node.input_refs
+        shape = graph.producer(ref).shapes[ref.index]
+        size = shape[channel_axis(graph, ref)] if len(shape) > 1 else None
+        name = node.layer.name
+        if size is None or found.get(name, size) != size:
+            found[name] = None  # unknown, or shared over different sizes
+        else:
+            found[name] = int(size)
+    return found
 
 
 def _nonlinear_collapsible(graph):

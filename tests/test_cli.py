@@ -1,10 +1,11 @@
-"""The `keras-collapse` command line (keras_collapse/cli.py).
+"""The `keras-collapse` command line (keras_collapse/cli/).
 
-The main commands and two errors run as subprocesses (`python -m
+The main commands and a few errors run as subprocesses (`python -m
 keras_collapse` and the installed console script), on the test's backend;
-each one imports keras, which costs seconds, so they are few (five), share
-their model files, and start together (two at a time) in one module fixture.
-The other error paths and options call `cli.main` in this process.
+each one that imports keras costs seconds, so they are few, share their
+model files, and start together (two at a time) in one module fixture.
+`--help` and usage errors must not import keras at all. The other error
+paths and options call `cli.main` in this process.
 """
 
 import concurrent.futures
@@ -61,6 +62,21 @@ def conv_bn_relu_model():
     return model
 
 
+def compiled_mlp():
+    """Three hidden Dense/ReLU layers, compiled (what `collapse` needs)."""
+    inputs = keras.Input((12,), name="features")
+    h = inputs
+    for i in range(3):
+        h = keras.layers.Dense(16, activation="relu", name=f"hidden{i}")(h)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(h), name="mlp")
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """The saved models (and not-models) every test reads."""
@@ -82,6 +98,18 @@ def files(tmp_path_factory):
     collapsible.save(paths["collapsible"])
     with_lambda.save(paths["lambda"])
     without_bn.save(paths["no_bn"])
+    compiled = compiled_mlp()
+    compiled.save(folder / "compiled.keras")
+    paths["compiled"] = folder / "compiled.keras"
+    rng = np.random.default_rng(0)
+    for name, rows in (("train", 256), ("val", 64)):
+        x = rng.standard_normal((rows, 12)).astype("float32")
+        y = (x[:, :4].argmax(axis=1)).astype("int64")  # learnable
+        np.savez(folder / f"{name}.npz", x=x, y=y)
+        paths[name] = folder / f"{name}.npz"
+    np.savez(folder / "rows.npz", x=np.zeros((5, 12), "float32"), y=np.zeros(4))
+    np.savez(folder / "wide.npz", x=np.zeros((5, 7), "float32"), y=np.zeros(5))
+    np.savez(folder / "nox.npz", inputs=np.zeros((5, 12)), y=np.zeros(5))
     paths["h5"] = folder / "model.h5"
     paths["h5"].write_bytes(b"\x89HDF\r\n\x1a\n")
     paths["junk"] = folder / "junk.keras"
@@ -90,13 +118,13 @@ def files(tmp_path_factory):
     return paths
 
 
-def run_cli(args, script=False):
+def run_cli(args, script=False, **env_vars):
     """Runs the CLI in a new interpreter on this test's backend."""
     command = [str(SCRIPT)] if script else [sys.executable, "-m", "keras_collapse"]
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    env.update(env_vars)
     env.pop(cli.DEBUG_VARIABLE, None)
-    # On TensorFlow the package imports keras before the CLI can set this.
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI's default (2) applies
     return subprocess.run(
         command + [str(a) for a in args],
         cwd=ROOT,
@@ -110,8 +138,15 @@ def run_cli(args, script=False):
 @pytest.fixture(scope="module")
 def runs(files):
     """The subprocess runs, started together (two at a time) and shared."""
-    out, report, info = (
-        files["folder"] / name for name in ("small.keras", "report.json", "info.json")
+    out, report, info, collapsed, collapse_report = (
+        files["folder"] / name
+        for name in (
+            "small.keras",
+            "report.json",
+            "info.json",
+            "collapsed.keras",
+            "collapse.json",
+        )
     )
     commands = {
         "help": (["--help"], False),
@@ -122,13 +157,41 @@ def runs(files):
         ),
         "missing": (["inspect", files["folder"] / "missing.keras"], False),
         "lambda_refused": (["inspect", files["lambda"]], False),
+        "collapse": (
+            [
+                "collapse",
+                files["compiled"],
+                collapsed,
+                "--data",
+                files["train"],
+                "--validation",
+                files["val"],
+                "--target",
+                "0.5",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--no-latency",
+                "--report",
+                collapse_report,
+            ],
+            True,
+        ),
     }
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     futures = {
         name: pool.submit(run_cli, args, script)
         for name, (args, script) in commands.items()
     }
-    yield {"futures": futures, "out": out, "report": report, "info": info}
+    yield {
+        "futures": futures,
+        "out": out,
+        "report": report,
+        "info": info,
+        "collapsed": collapsed,
+        "collapse_report": collapse_report,
+    }
     pool.shutdown(wait=True)
 
 
@@ -160,7 +223,14 @@ def load(path, safe_mode=True):
 def test_help_lists_commands_and_safe_mode(runs):
     proc = result(runs, "help")
     assert proc.returncode == 0, proc.stderr
-    for word in ("inspect", "surgery", "--version", "safe mode", "Lambda", "--unsafe"):
+    for word in (
+        "inspect",
+        "surgery",
+        "collapse",
+        "--version",
+        "safe mode",
+        "--unsafe",
+    ):
         assert word in proc.stdout, word
     assert cli.DEBUG_VARIABLE in proc.stdout
 
@@ -262,6 +332,132 @@ def test_lambda_model_is_refused_in_safe_mode(runs):
     assert "--unsafe" in line
 
 
+NO_KERAS = """
+import sys
+from keras_collapse.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+loaded = sorted(
+    m for m in ("keras", "tensorflow", "jax", "torch", "numpy") if m in sys.modules
+)
+print("exit", code, "loaded", loaded, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["collapse", "--help"], ["collapse", "a.keras"], ["frobnicate"]],
+)
+def test_help_and_usage_errors_import_no_keras(args):
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_KERAS, *args],
+        cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="not-a-backend"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    last = proc.stderr.splitlines()[-1]
+    assert last.endswith("loaded []"), proc.stderr
+    assert last.startswith("exit 0" if "--help" in args else "exit 2"), last
+    if "--help" in args:
+        assert "usage: keras-collapse" in proc.stdout
+
+
+def test_import_keras_collapse_imports_no_keras_until_a_name_is_used():
+    code = (
+        "import sys, keras_collapse as kc\n"
+        "assert 'keras' not in sys.modules, 'keras imported'\n"
+        "assert set(kc.__all__) <= set(dir(kc)), 'dir() misses names'\n"
+        "assert 'inspect' in kc.__all__ and 'collapse' in kc.__all__\n"
+        "f = kc.surgery\n"
+        "assert 'keras' in sys.modules and callable(f)\n"
+        "import keras_collapse.collapse\n"
+        "assert callable(kc.collapse), kc.collapse  # the function, not the module\n"
+        "print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_import_keras_collapse_registers_its_layers_for_load_model(files):
+    # A collapsible model saved mid-way loads after `import keras_collapse`
+    # alone, whether keras is imported before or after it.
+    for first, second in (("keras_collapse", "keras"), ("keras", "keras_collapse")):
+        code = (
+            f"import {first}, {second}, sys\n"
+            f"m = keras.saving.load_model({str(files['collapsible'])!r})\n"
+            "print(type(m.get_layer('relu1')).__name__)"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=dict(os.environ, KERAS_BACKEND=keras.backend.backend()),
+            capture_output=True,
+            text=True,
+        )
+        assert proc.stdout.strip() == "CollapsiblePReLU", proc.stderr[-2000:]
+
+
+def test_invalid_backend_is_one_line(files):
+    proc = run_cli(["inspect", files["plain"]], KERAS_BACKEND="nope")
+    line = assert_one_line_error(proc, "KERAS_BACKEND='nope'", "tensorflow")
+    assert "Traceback" not in proc.stderr and line
+
+
+def test_inspect_prints_the_potential_without_tensorflow_noise(runs, files):
+    proc = result(runs, "inspect")
+    assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, proc.stderr
+    assert "Potential: linearizing every merge unit" in proc.stdout
+    info = json.loads(runs["info"].read_text())
+    model = load(files["collapsible"])
+    expected = kc.inspect(model).potential.as_dict()
+    for field in ("depth", "params", "macs", "latency"):
+        assert info["potential"][field] == expected[field], field
+        assert set(info["potential"][field]) == {"saved", "total", "share"}
+    assert info["potential_of"] == "model"
+
+
+def test_collapse_saves_plain_keras_that_matches_the_report(runs, files, tmp_path):
+    proc = result(runs, "collapse")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.count("Collapse (activations, target 0.5, 2 epoch(s)") == 1
+    assert f"Saved {runs['collapsed']}" in proc.stdout
+    report = json.loads(runs["collapse_report"].read_text())
+    assert report["input"] == str(files["compiled"])
+    assert report["data"] == str(files["train"])
+    assert report["candidates"] == 3 and len(report["linearized"]) == 2
+    small = load(runs["collapsed"])
+    assert kc.model_stats(small).as_dict() == report["after"]
+    assert report["after"]["depth"] < report["before"]["depth"]
+    # Plain Keras: a fresh interpreter loads it without keras_collapse, and
+    # it scores on the validation rows what the report says.
+    code = (
+        "import json, sys, numpy as np, keras\n"
+        f"m = keras.saving.load_model({str(runs['collapsed'])!r})\n"
+        f"d = np.load({str(files['val'])!r})\n"
+        "r = m.evaluate(d['x'], d['y'], verbose=0, return_dict=True)\n"
+        "assert 'keras_collapse' not in sys.modules\n"
+        "print(json.dumps({k: float(v) for k, v in r.items()}))"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=dict(os.environ, KERAS_BACKEND=keras.backend.backend()),
+        capture_output=True,
+        text=True,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    metrics = json.loads(fresh.stdout.strip().splitlines()[-1])
+    for name, value in report["metrics_after"].items():
+        assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
 # -------------------------------------------------------------- in process
 def main(capsys, *args):
     """`cli.main(args)` here: `(exit code, stdout, stderr)`."""
@@ -288,6 +484,22 @@ def test_unsafe_loads_a_lambda_model(capsys, files):
     assert "Model 'with_lambda'" in out
     assert re.search(r"Parameters +15\n", out)  # Dense(4 -> 3)
     assert "No BatchNormalization layers" in out
+
+
+def test_unsafe_surgery_of_a_lambda_model(capsys, files, tmp_path):
+    # Issue 23: the Lambda is kept as it is, not refused as a layer without
+    # a config.
+    out = tmp_path / "small_lambda.keras"
+    code, text, err = main(capsys, "surgery", files["lambda"], out, "--unsafe")
+    assert code == 0, err
+    assert f"Saved {out}" in text
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype("float32")
+    original = load(files["lambda"], safe_mode=False)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(load(out, safe_mode=False)(x)),
+        keras.ops.convert_to_numpy(original(x)),
+        atol=1e-5,
+    )
 
 
 def test_version(capsys):
@@ -405,7 +617,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(capsys, files, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(kc, "model_stats", boom)
+    monkeypatch.setattr(kc, "inspect", boom)
     monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
     assert_error(
         main(capsys, "inspect", files["plain"]),
@@ -423,7 +635,7 @@ def test_interrupt_exits_130(capsys, files, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kc, "model_stats", interrupted)
+    monkeypatch.setattr(kc, "inspect", interrupted)
     monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
     code, _, err = main(capsys, "inspect", files["plain"])
     assert code == 130
@@ -434,3 +646,78 @@ def test_json_ready_makes_strict_json():
     value = {1: (np.float32(0.5), float("nan")), "a": np.arange(2), "b": [np.inf]}
     text = json.dumps(cli.json_ready(value), allow_nan=False)
     assert json.loads(text) == {"1": [0.5, None], "a": [0, 1], "b": [None]}
+
+
+def test_collapse_errors_are_one_line_and_write_nothing(capsys, files):
+    folder = files["folder"]
+    out = folder / "never_collapsed.keras"
+    common = ["collapse", files["compiled"], out]
+    assert_error(
+        main(capsys, *common, "--data", folder / "missing.npz"),
+        "--data",
+        "missing.npz: no such file",
+    )
+    assert_error(
+        main(capsys, *common, "--data", folder / "rows.npz"),
+        "as many rows",
+        "(5, 12)",
+        "(4,)",
+    )
+    assert_error(
+        main(capsys, *common, "--data", folder / "wide.npz"),
+        "x has shape (5, 7)",
+        "(rows, 12)",
+    )
+    assert_error(
+        main(capsys, *common, "--data", folder / "nox.npz"), "expected x", "'inputs'"
+    )
+    assert_error(
+        main(capsys, *common, "--data", files["train"], "--validation", files["h5"]),
+        "--validation",
+        "not an .npz file",
+    )
+    assert_error(
+        main(capsys, "collapse", files["plain"], out, "--data", files["train"]),
+        "without a compiled loss",
+        "model.compile(",
+    )
+    assert not out.exists()
+
+
+def test_collapse_usage_errors_exit_2(capsys, files):
+    base = ["collapse", files["compiled"], "o.keras", "--data", files["train"]]
+    for extra in (
+        ["--target", "0"],
+        ["--target", "1.5"],
+        ["--epochs", "0"],
+        ["--objective", "speed"],
+        ["--batch-size", "x"],
+    ):
+        code, _, err = main(capsys, *base, *extra)
+        assert code == 2, extra
+        assert extra[0] in err, err
+    code, _, err = main(capsys, "collapse", files["compiled"], "o.keras")
+    assert code == 2 and "--data" in err
+
+
+def test_objectives_are_the_librarys():
+    from keras_collapse.units import OBJECTIVES
+
+    assert cli.OBJECTIVES == OBJECTIVES
+
+
+def test_tensorflow_lines_are_filtered_once_at_most():
+    from keras_collapse.cli.startup import quiet
+
+    banner = (
+        "I0000 00:00:1796292397.213292   10039 port.cc:153] oneDNN custom "
+        "operations are on."
+    )
+    preamble = (
+        "WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR"
+    )
+    text = "\n".join([preamble, banner, preamble, banner, "a warning of ours"])
+    assert quiet(text, level=2) == "a warning of ours\n"
+    kept = quiet(text, level=0).splitlines()
+    assert kept == [banner, "a warning of ours"]

@@ -624,3 +624,141 @@ class TestApplications(TestCase):
         ):
             scale = np.abs(want).max()
             self.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
+
+
+# --------------------------------------------- issue 23: what a trace loses
+class TrainScaled(L.Layer):
+    """Dense -> ReLU -> Dense + residual, the branch halved in training."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc1 = L.Dense(8, activation="relu", name="fc1")
+        self.fc2 = L.Dense(6, name="fc2")
+
+    def call(self, x, training=None):
+        h = self.fc2(self.fc1(x))
+        if training:
+            h = h * 0.5
+        return x + h
+
+
+class DropPath(L.Layer):
+    """Stochastic depth: the branch of a whole sample dropped in training."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc1 = L.Dense(8, activation="relu", name="fc1")
+        self.fc2 = L.Dense(6, name="fc2")
+        self.seed = keras.random.SeedGenerator(0)
+
+    def call(self, x, training=None):
+        h = self.fc2(self.fc1(x))
+        if training:
+            keep = keras.random.uniform((keras.ops.shape(x)[0], 1), seed=self.seed)
+            h = h * keras.ops.cast(keep < 0.5, h.dtype) / 0.5
+        return x + h
+
+
+class PinnedBN(L.Layer):
+    """Dense -> BatchNorm pinned to inference -> ReLU -> Dense + residual."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc1 = L.Dense(8, name="fc1")
+        self.bn = L.BatchNormalization(name="bn")
+        self.act = L.ReLU(name="act")
+        self.fc2 = L.Dense(6, name="fc2")
+
+    def call(self, x, training=None):
+        return x + self.fc2(self.act(self.bn(self.fc1(x), training=False)))
+
+
+class PassesTraining(PinnedBN):
+    """The same block with the mode passed on: traced as before."""
+
+    def call(self, x, training=None):
+        return x + self.fc2(self.act(self.bn(self.fc1(x), training=training)))
+
+
+def block_in_model(block):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    h = block(L.Dense(6, name="stem")(inputs))
+    return keras.Model(inputs, L.Dense(3, name="head")(h))
+
+
+class TestTrainingBehaviour(TestCase):
+    @pytest.mark.parametrize("block", [TrainScaled, DropPath, PinnedBN])
+    def test_mode_dependent_block_is_kept_whole_with_a_warning(self, block):
+        model = block_in_model(block(name="block"))
+        with pytest.warns(UserWarning, match="block.*training") as caught:
+            new = make_collapsible(model)
+        assert any("Kept 1 composite layer(s) whole" in str(w.message) for w in caught)
+        assert isinstance(new.get_layer("block"), block)
+        assert kc.collapsible_layers(new) == []
+        x = self.random_inputs((64, 6), scale=3.0)
+        self.assert_close(new(x, training=False), model(x, training=False), 1e-5)
+        if block is TrainScaled:  # the training branch is kept
+            self.assert_close(new(x, training=True), model(x, training=True), 1e-5)
+        if block is DropPath:  # still random in training, not in inference
+            a, b = new(x, training=True), new(x, training=False)
+            assert not np.allclose(*map(keras.ops.convert_to_numpy, (a, b)))
+        if block is PinnedBN:  # the pinned BN keeps its statistics in training
+            bn = new.get_layer("block").bn
+            new(x, training=True)
+            self.assert_close(bn.moving_mean, np.zeros(8))
+
+    def test_surgery_reports_it_and_keeps_the_training_branch(self):
+        model = block_in_model(TrainScaled(name="block"))
+        small, report = kc.surgery(model, return_report=True)
+        (entry,) = [e for e in report.skipped if e.kind == "opaque"]
+        assert entry.layers == ("block",) and "training=True" in entry.detail
+        x = self.random_inputs((4, 6))
+        self.assert_close(small(x, training=True), model(x, training=True), 1e-5)
+
+    def test_a_block_that_passes_the_mode_on_is_still_unrolled(self):
+        model = block_in_model(PassesTraining(name="block"))
+        new = make_collapsible(model)
+        assert [a.name for a in kc.collapsible_layers(new)] == ["block_act"]
+        # Its BatchNorm follows the model's mode, as in the block itself.
+        x = self.random_inputs((16, 6), scale=3.0)
+        self.assert_close(new(x, training=True), model(x, training=True), 1e-5)
+
+    def test_input_model_unchanged(self):
+        model = block_in_model(PinnedBN(name="block"))
+        before = snapshot(model)
+        with pytest.warns(UserWarning):
+            make_collapsible(model)
+        assert_unchanged(model, before)
+
+
+class TestLambda(TestCase):
+    def lambda_model(self):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        h = L.Dense(8, activation="relu", name="fc1")(inputs)
+        h = L.Lambda(lambda t, k: t * k, arguments={"k": 2.0}, name="double")(h)
+        h = L.Lambda(lambda t: t[:, :6], output_shape=(6,), name="cut")(h)
+        return keras.Model(inputs, L.Dense(2, name="out")(h))
+
+    def test_make_collapsible_keeps_the_same_function(self):
+        model = self.lambda_model()
+        new = make_collapsible(model)
+        for name in ("double", "cut"):
+            assert new.get_layer(name) is not model.get_layer(name)
+            assert new.get_layer(name).function is model.get_layer(name).function
+        assert new.get_layer("double").arguments == {"k": 2.0}
+        assert [a.name for a in kc.collapsible_layers(new)] == ["fc1_relu"]
+        x = self.random_inputs((3, 4))
+        self.assert_close(new(x), model(x), atol=1e-6)
+
+    def test_surgery_in_memory_and_from_a_file_loaded_unsafe(self, tmp_path):
+        model = self.lambda_model()
+        x = self.random_inputs((3, 4))
+        small = kc.surgery(model)
+        assert small.get_layer("double").function is model.get_layer("double").function
+        self.assert_close(small(x), model(x), atol=1e-5)
+        path = str(tmp_path / "lambda.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=False)
+        self.assert_close(kc.surgery(loaded)(x), model(x), atol=1e-5)

@@ -113,6 +113,20 @@ class TestPopulationStatistics(TestCase):
             np.testing.assert_allclose(wa, wb, atol=1e-5)
 
 
+class TestIntegerData(TestCase):
+    def test_uint8_images_are_cast_as_predict_casts_them(self):
+        # Issue 23: uint8 images, which `predict` takes, failed in the Conv.
+        images = np.random.default_rng(0).integers(0, 256, (64, 6, 6, 3))
+        images = images.astype("uint8")
+        model = stacked_model()
+        got = kc.recalibrate_batchnorm(model, images, batch_size=20)
+        want = kc.recalibrate_batchnorm(model, images.astype("float32"))
+        for a, b in zip(got.get_weights(), want.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+        moved = keras.ops.convert_to_numpy(got.get_layer("bn1").moving_mean)
+        assert np.abs(moved).max() > 1.0  # pixel values, not zeros
+
+
 class TestBadInput(TestCase):
     def test_wrong_shape_changes_nothing(self):
         model = stacked_model()

@@ -194,6 +194,42 @@ class TestMergeUnits(TestCase):
             kc.lock_near_linear(model, objective="layers")
 
 
+class TestUnclear(TestCase):
+    """Issue 23: what was accepted silently or answered anyway."""
+
+    def test_evaluate_unknown_names(self):
+        found = kc.merge_units(mobilenet_block())
+        with pytest.raises(ValueError, match=r"Received unknown name\(s\) \['nope'\]"):
+            found.evaluate(["nope"])  # was an all-zero unit
+        with pytest.raises(ValueError, match="among.*'dw_act', 'expand_act'"):
+            found.evaluate(["dw_act", "expand"])  # a conv, not an activation
+        with pytest.raises(ValueError, match="must be a list"):
+            found.evaluate("dw_act")  # was read letter by letter
+        assert found.evaluate({"expand_act", "dw_act"}).layers > 0
+
+    def test_evaluate_off_masks(self):
+        found = kc.merge_units(mobilenet_block())
+        names = ["expand_act", "dw_act"]
+        match = r"off\['dw_act'\]` must be a bool mask.*shape \(48,\).*\(47,\)"
+        with pytest.raises(ValueError, match=match):
+            found.evaluate(names, {"dw_act": np.arange(47) >= 4})  # was ignored
+        with pytest.raises(ValueError, match=r"shape \(48,\).*\(6, 8\)"):
+            found.evaluate(names, {"dw_act": np.ones((6, 8), bool)})
+        with pytest.raises(ValueError, match="keys among `names`"):
+            found.evaluate(["dw_act"], {"expand_act": np.ones(48, bool)})
+        with pytest.raises(ValueError, match="must be None or a dict"):
+            found.evaluate(names, [np.ones(48, bool)])
+        # A right one still acts (see the test above), given as a list too.
+        unit = found.evaluate(names, {"dw_act": list(np.arange(48) >= 4)})
+        assert unit.layers == 0
+
+    def test_why_none_checks_the_objective(self):
+        found = kc.merge_units(resnet_block())
+        assert "objective 'depth'" in found.why_none()
+        with pytest.raises(ValueError, match=r"objective.*Received: objective='nope'"):
+            found.why_none("nope")
+
+
 class _Fixed:
     """A scorer that ranks by a fixed table (lower is safer)."""
 

@@ -89,7 +89,8 @@ class LinearizationCallback(keras.callbacks.Callback):
     subclass and override `make_change` (the one hook a method needs) to
     change the model your own way.
 
-    At every decision (after `warmup_epochs`, then every `interval` epochs):
+    At every decision (after `warmup_epochs`, then every `interval` epochs,
+    or every `interval_steps` training steps):
 
     1. With data, the BatchNormalization moving statistics are re-estimated
        on the sample (`recalibrate_batchnorm`): inference then reflects what
@@ -128,6 +129,15 @@ class LinearizationCallback(keras.callbacks.Callback):
         warmup_epochs: int >= 1, epochs before the first decision.
             Defaults to `1`.
         interval: int >= 1, epochs between decisions. Defaults to `2`.
+        interval_steps: int >= 1 or None: decide every that many training
+            steps (batches) after the warm-up instead of every `interval`
+            epochs, so that a short fine-tune holds more decisions than
+            epochs. The guard then measures its own labelled sample between
+            batches: it needs `validation_data` and `monitor="auto"`. A
+            change is eased in over the first half of the steps when
+            `ramp_epochs` > 0. The training metrics on the progress bar
+            restart after each mid-epoch measurement (Keras' `evaluate`
+            resets them). Defaults to `None`.
         ramp_epochs: int in [0, interval], the epochs over which a change is
             eased in (the rest of the interval is recovery before it is
             judged); 0 switches at once. Defaults to `1`.
@@ -224,6 +234,7 @@ class LinearizationCallback(keras.callbacks.Callback):
         cost_model=None,
         per_decision=1,
         precheck="auto",
+        interval_steps=None,
     ):
         super().__init__()
         self.scorer = as_scorer(scorer)
@@ -235,8 +246,18 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`cost_model` must be callable as cost_model(kind, kernel_shape, "
                 f"output_positions), or None. Received: {cost_model!r}"
             )
-        self.schedule = Schedule(warmup_epochs, interval, ramp_epochs)
+        self.schedule = Schedule(warmup_epochs, interval, ramp_epochs, interval_steps)
         self.guard = Guard(monitor, mode, tolerance)
+        if interval_steps is not None and (
+            validation_data is None or monitor != "auto"
+        ):
+            raise ValueError(
+                "`interval_steps` judges changes between batches, where `logs` "
+                "hold no validation metric: pass `validation_data=(x, y)` and "
+                "leave `monitor='auto'` (the guard then measures its own sample). "
+                f"Received: validation_data={'None' if validation_data is None else '...'}"
+                f", monitor={monitor!r}"
+            )
         Pace(per_decision)  # checked here, made afresh at each fit
         self.exact = exact
         self.cost_model = cost_model
@@ -300,6 +321,7 @@ class LinearizationCallback(keras.callbacks.Callback):
     # The schedule's and the guard's arguments, as attributes of their own.
     warmup_epochs = property(lambda self: self.schedule.warmup_epochs)
     interval = property(lambda self: self.schedule.interval)
+    interval_steps = property(lambda self: self.schedule.interval_steps)
     ramp_epochs = property(lambda self: self.schedule.ramp_epochs)
     monitor = property(lambda self: self.guard.monitor)
     mode = property(lambda self: self.guard.mode)
@@ -319,6 +341,9 @@ class LinearizationCallback(keras.callbacks.Callback):
         self._warned_wait = False
         self._rejections = 0
         self._last_epoch = None
+        self._epoch = 0
+        self._since_warmup = None  # steps since the warm-up ended (in steps)
+        self._at_step = None  # the batch (1-based) of a decision between batches
         self._last_value = None
         self._measured = math.nan
         self._rng = np.random.default_rng(self.seed)
@@ -456,9 +481,23 @@ class LinearizationCallback(keras.callbacks.Callback):
             "this callback does nothing."
         )
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
         if self._ramp is not None and not self._ramp.done:
             self._ramp.step()
+        if self._since_warmup is None or not self._active:
+            return
+        self._since_warmup += 1
+        if self.schedule.is_decision_step(self._since_warmup):
+            self._at_step = batch + 1
+            try:
+                self._decision_point(
+                    self._epoch, {}, self._steps_left(self._epoch, batch)
+                )
+            finally:
+                self._at_step = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -531,8 +570,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             )
             if not chosen:
                 return decision.stop("no merge unit fully scored fits")
-        steps = (self.params or {}).get("steps")
-        ramp_steps = self.ramp_epochs * steps if steps else 0
+        ramp_steps = self.schedule.ramp_steps((self.params or {}).get("steps"))
         self._ramp = Ramp(self.model, chosen, ramp_steps)
         off = [None if s.off is None else int(np.sum(s.off)) for s in chosen]
         details = {
@@ -541,6 +579,7 @@ class LinearizationCallback(keras.callbacks.Callback):
             "values": [s.value for s in chosen],
             "channels_off": off,
             "ramp_epochs": self.ramp_epochs if ramp_steps else 0,
+            "ramp_steps": ramp_steps,
             "ranked": [(s.pair.activation.name, s.value) for s in ranked],
             "objective": self.objective,
             "pace": self.pace.value,
@@ -564,6 +603,25 @@ class LinearizationCallback(keras.callbacks.Callback):
         if not self.schedule.is_decision(epoch):
             self._value(epoch, logs, final=False)
             return
+        if self.schedule.in_steps:
+            self._since_warmup = 0
+        self._decision_point(epoch, logs, self._steps_left(epoch, None))
+
+    def _steps_left(self, epoch, batch):
+        """Training steps left in the fit after `batch` of `epoch` (after the
+        epoch with `batch=None`), or None when the fit's length is unknown."""
+        steps, epochs = (
+            (self.params or {}).get("steps"),
+            (self.params or {}).get("epochs"),
+        )
+        if not steps or epochs is None:
+            return None
+        done_in_epoch = steps if batch is None else batch + 1
+        return (epochs - epoch - 1) * steps + steps - done_in_epoch
+
+    def _decision_point(self, epoch, logs, steps_left):
+        """Finishes the ramp, judges the last change, makes the next one."""
+        self._last_epoch = epoch
         if self._ramp is not None:
             self._ramp.finish()
         self._recalibrate()
@@ -574,8 +632,11 @@ class LinearizationCallback(keras.callbacks.Callback):
             self._judge(epoch, value)
         elif self._best is None or self.guard.better(value, self._best) == value:
             self._best = value
-        epochs = (self.params or {}).get("epochs")
-        if not self._stopped and self.schedule.room_after(epoch, epochs):
+        if self.schedule.in_steps:
+            room = self.schedule.room_after_step(steps_left)
+        else:
+            room = self.schedule.room_after(epoch, (self.params or {}).get("epochs"))
+        if not self._stopped and room:
             self._decide(epoch)
 
     def _decide(self, epoch):
@@ -809,6 +870,7 @@ class LinearizationCallback(keras.callbacks.Callback):
     def _event(self, epoch, action, layers, message=None, **details):
         event = {
             "epoch": None if epoch is None else epoch + 1,
+            **({} if self._at_step is None else {"step": self._at_step}),
             "action": action,
             "layers": list(layers),
             **details,
@@ -827,17 +889,18 @@ class LinearizationCallback(keras.callbacks.Callback):
 
 def _describe(method, event, key):
     """The engine's own events as a verbose line."""
-    epoch = "" if event["epoch"] is None else f"Epoch {event['epoch']}: "
+    epoch = "" if event["epoch"] is None else f"Epoch {event['epoch']}"
+    epoch += f", step {event['step']}: " if "step" in event else (": " if epoch else "")
     layers = ", ".join(event["layers"])
     action = event["action"]
     if action == "linearized":
         values = ", ".join(f"{v:.4g}" for v in event["values"])
         off = sum(n for n in event["channels_off"] if n)
-        how = (
-            f"eased in over the next {event['ramp_epochs']} epoch(s)"
-            if event["ramp_epochs"]
-            else "at once"
-        )
+        how = "at once"
+        if event.get("ramp_steps") and "step" in event:
+            how = f"eased in over the next {event['ramp_steps']} steps"
+        elif event["ramp_epochs"]:
+            how = f"eased in over the next {event['ramp_epochs']} epoch(s)"
         return (
             f"{epoch}{method} linearized {layers} ({event['label']} {values}; "
             f"{off} OFF channels zeroed; {how})."

@@ -513,6 +513,8 @@ def _clone_layer(layer, name, dtype=None):
         ValueError: if the layer cannot be re-created from its config: sharing
             it would tie the result's weights to the input model's.
     """
+    if type(layer) is keras.layers.Lambda:
+        return _clone_lambda(layer, name, dtype)
     try:
         config = {**layer.get_config(), "name": name}
         if dtype is not None and "float" in str(layer.compute_dtype):
@@ -541,6 +543,27 @@ def _clone_layer(layer, name, dtype=None):
             "Give the layer a `get_config()` that returns every argument of its "
             "`__init__` (see keras.layers.Layer.get_config)."
         ) from None
+
+
+def _clone_lambda(layer, name, dtype=None):
+    """A new `Lambda` calling the same function object.
+
+    A Lambda holds no weights, and its config holds its function as Python
+    bytecode, which `from_config` refuses outside unsafe deserialization (and
+    would re-create as another function): the new layer is given the
+    function itself, with its arguments, output shape and mask.
+    """
+    if dtype is None or "float" not in str(layer.compute_dtype):
+        dtype = layer.dtype_policy
+    return keras.layers.Lambda(
+        layer.function,
+        output_shape=keras_internals.lambda_output_shape(layer),
+        mask=layer.mask,
+        arguments=dict(layer.arguments),
+        name=name,
+        dtype=dtype,
+        trainable=layer.trainable,
+    )
 
 
 # What keras.layers.Layer.__init__ accepts besides a subclass's own arguments.

@@ -6,8 +6,12 @@ two layers into one. What is read here (pinned by tests/graph/test_ir.py):
 `Functional._nodes_by_depth`, `_inputs_struct`, `_outputs_struct`,
 `Layer._flatten_layers`,
 `Sequential._functional`, `Node.operation / arguments / outputs / is_input`,
-and `Metric._direction` (as `MonitorCallback` reads it).
+`Lambda._output_shape`, the current call context (`global_state`'s
+"current_call_ctx", `CallContext`), and `Metric._direction` (as
+`MonitorCallback` reads it).
 """
+
+import contextlib
 
 import keras
 
@@ -69,6 +73,31 @@ def sublayers(operation):
     if not isinstance(operation, keras.layers.Layer):
         return []
     return list(operation._flatten_layers(include_self=True, recursive=True))
+
+
+def lambda_output_shape(layer):
+    """The `output_shape` a `keras.layers.Lambda` was given (None, a tuple or
+    a callable): its config holds a callable only as bytecode."""
+    return layer._output_shape
+
+
+@contextlib.contextmanager
+def training_context(mode):
+    """Runs the block as inside a layer called with `training=mode`: each
+    layer called in it that is not given `training` takes `mode` (or what a
+    sibling before it was given explicitly), as in an eager call of a
+    composite layer. Without it, a layer called alone takes its own default."""
+    from keras.src.backend.common import global_state
+    from keras.src.layers.layer import CallContext
+
+    previous = global_state.get_global_attribute("current_call_ctx")
+    context = CallContext(entry_layer=None)
+    context.set_value("training", mode)
+    global_state.set_global_attribute("current_call_ctx", context)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("current_call_ctx", previous)
 
 
 def metric_direction(model, name):

@@ -13,7 +13,12 @@ How a composite layer is unrolled (`unroller_for`):
 
 Each unrolled subgraph is checked once against the layer itself on random
 inputs that fit it (inference mode); a layer whose trace fails or differs is
-kept whole and listed as opaque, with the reason. Traces are cached per layer
+kept whole and listed as opaque, with the reason. So is a layer whose call
+depends on the mode in a way a functional graph cannot hold (a Keras model
+passes its own `training` to every layer): a call that builds another graph
+with `training=True` (a train-time scale, drop-path), found by tracing it in
+both modes, or that pins a sublayer (`self.bn(h, training=False)`). Kept
+whole, the layer keeps that behaviour. Traces are cached per layer
 and input signature: tracing adds nodes to the sublayers' call history (as
 calling a layer on `keras.Input` does), once, and changes no weight.
 """
@@ -216,7 +221,11 @@ def _unroll(layer, unroller, args, kwargs):
                 f"({', '.join(unused[:3])})"
             )
             return Trace(opaque=_opaque(layer, reason))
-    problem = _check(layer, functional, args, kwargs, tensors)
+    problem = None
+    if unroller == "trace":
+        problem = _mode_dependence(layer, functional, inputs, p_args, p_kwargs)
+    if problem is None:
+        problem = _check(layer, functional, args, kwargs, tensors)
     if problem:
         return Trace(opaque=_opaque(layer, problem))
     return Trace(functional=functional)
@@ -225,6 +234,121 @@ def _unroll(layer, unroller, args, kwargs):
 def _call_kwargs(layer, kwargs):
     # `training` is resolved by each sublayer from the outer call's context.
     return {k: v for k, v in kwargs.items() if k != "training"}
+
+
+def _mode_dependence(layer, functional, inputs, p_args, p_kwargs):
+    """Why the unrolled graph cannot compute what the layer computes in
+    training, or None.
+
+    The trace runs `call` without `training`. Traced again as inside a call
+    of the layer with `training=True` and with `False` (each sublayer not
+    given `training` then takes that mode, as in an eager call), two things
+    show that one functional graph cannot hold it (a Keras model passes its
+    own `training` to every layer it calls):
+
+    - another graph in one mode (the modes each sublayer receives aside): a
+      Python branch on `training` (a train-time scale, stochastic depth /
+      drop-path); the inference trace would silently drop it;
+    - a sublayer given `training=False` while the layer trains: a mode
+      pinned in `call` (`self.bn(h, training=False)`), which the model
+      would override, so a pinned BatchNormalization would start updating
+      its statistics in `fit`.
+    """
+    owned = {id(sub) for sub in keras_internals.sublayers(layer)}
+    reference = _structure(functional, owned)
+    kwargs = _call_kwargs(layer, p_kwargs)
+    for mode in (True, False):
+        mode_kwargs = {**kwargs, "training": mode} if _takes_training(layer) else kwargs
+        try:
+            with keras_internals.training_context(mode):
+                outputs = layer.call(*p_args, **mode_kwargs)
+            traced = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
+        except Exception as e:
+            what = f"{type(e).__name__}: {_first_line(e)}"
+            return f"its call could not be traced with training={mode} ({what})"
+        if _structure(traced, owned) != reference:
+            return (
+                f"its call computes another graph with training={mode} (a "
+                "branch on `training`, e.g. a train-time scale or drop-path), "
+                "which one functional graph cannot hold; kept whole, it keeps "
+                "its training behaviour"
+            )
+        pinned = _pinned(traced, mode)
+        if pinned is not None:
+            return (
+                f"its call pins sublayer '{pinned}' to training={not mode}, "
+                "which a functional graph cannot keep (a Keras model passes "
+                "its own training mode to every layer); kept whole, it keeps "
+                "that mode"
+            )
+    return None
+
+
+def _pinned(functional, mode):
+    """The name of the first sublayer called with another `training` than
+    `mode`, the mode of the trace, or None."""
+    for operation, _, kwargs, _ in keras_internals.graph_nodes(functional):
+        given = kwargs.get("training")
+        if isinstance(given, bool) and given is not mode:
+            return getattr(operation, "name", type(operation).__name__)
+    return None
+
+
+def _takes_training(layer):
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _structure(functional, owned):
+    """What a traced graph computes, comparable between traces: each node's
+    operation (a sublayer of the layer, `owned` ids, by identity; a layer
+    its call creates, or an operation, by class and configuration), its
+    inputs (by position) and constant arguments; modes aside."""
+    positions = {id(t): i for i, t in enumerate(keras.tree.flatten(functional.inputs))}
+
+    def spec(x):
+        if _is_tensor(x):
+            return ("tensor", positions.get(id(x), -1))
+        if isinstance(x, np.ndarray):
+            return ("array", x.shape, str(x.dtype), x.tobytes())
+        return repr(x)
+
+    nodes = []
+    for operation, args, kwargs, outputs in keras_internals.graph_nodes(functional):
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+        nodes.append(
+            (
+                _operation_key(operation, owned),
+                keras.tree.map_structure(spec, (args, kwargs)),
+            )
+        )
+        for t in outputs:
+            positions[id(t)] = len(positions)
+    outputs = [positions.get(id(t), -1) for t in keras.tree.flatten(functional.outputs)]
+    return nodes, outputs
+
+
+def _operation_key(operation, owned):
+    if id(operation) in owned:
+        return ("layer", id(operation))
+    if isinstance(operation, keras.layers.Layer):
+        try:
+            config = operation.get_config()
+        except Exception:
+            config = {}
+        attributes = {k: v for k, v in config.items() if k != "name"}
+    else:
+        attributes = {
+            k: v
+            for k, v in vars(operation).items()
+            if not k.startswith("_") and k != "name"
+        }
+    return (
+        type(operation).__name__,
+        sorted((k, repr(v)) for k, v in attributes.items()),
+    )
 
 
 def _check(layer, functional, args, kwargs, tensors):

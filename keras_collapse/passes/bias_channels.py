@@ -19,6 +19,8 @@ import keras
 import numpy as np
 
 from keras_collapse.algebra.cost import taps_inside
+from keras_collapse.cost_model import layer_overhead
+from keras_collapse.cost_model import price
 from keras_collapse.graph import Ref
 from keras_collapse.layers.bias_map import is_bias_map
 from keras_collapse.layers.bias_map import map_of
@@ -95,9 +97,11 @@ def _pays(source, conv, cost_model):
         kind = layer_kind(node.layer)
         taps = [] if kind == "dense" else taps
         shape = (*taps, channels + extra_in, out + extra_out)
-        return cost_model(kind, shape, positions(node.shape))
+        return price(
+            cost_model, kind, shape, positions(node.shape), f"layer '{node.layer.name}'"
+        )
 
-    before = cost(source) + cost(conv) + float(getattr(cost_model, "layer_overhead", 0))
+    before = cost(source) + cost(conv) + layer_overhead(cost_model)
     return cost(source, extra_out=1) + cost(conv, extra_in=1) < before
 
 

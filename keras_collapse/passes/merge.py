@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from keras_collapse import algebra
+from keras_collapse.cost_model import price
 from keras_collapse.graph import Ref
 from keras_collapse.layers.bias_map import bias_map_layer
 from keras_collapse.layers.bias_map import is_uniform
@@ -248,12 +249,25 @@ def layer_kind(layer):
 
 def _original_cost(node, cost_model):
     kernel, _ = rewrite.kernel_and_bias(node)
-    return cost_model(layer_kind(node.layer), kernel.shape, positions(node.shape))
+    return price(
+        cost_model,
+        layer_kind(node.layer),
+        kernel.shape,
+        positions(node.shape),
+        f"layer '{node.layer.name}'",
+    )
 
 
-def _merged_cost(op, out_shape, cost_model):
+def _merged_cost(op, out_shape, cost_model, segment):
     kind = "conv" if op.rank else "dense"
-    return cost_model(kind, op.kernel_shape, positions(out_shape))
+    names = ", ".join(f"'{node.layer.name}'" for node in segment)
+    return price(
+        cost_model,
+        kind,
+        op.kernel_shape,
+        positions(out_shape),
+        f"the merge of {names}",
+    )
 
 
 def find_runs(graph):
@@ -327,7 +341,9 @@ def _best_segments(graph, run, journal, cost_model, exact):
             if j - i == 1:
                 cost = _original_cost(run[i], cost_model)
             elif (i, j) in merged:
-                cost = _merged_cost(merged[(i, j)], run[j - 1].shape, cost_model)
+                cost = _merged_cost(
+                    merged[(i, j)], run[j - 1].shape, cost_model, run[i:j]
+                )
             else:
                 continue
             # Ties go to the longer segment: fewer layers for the same MACs.

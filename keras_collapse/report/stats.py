@@ -132,6 +132,13 @@ def model_stats(model, input_shape=None):
     shapes = _tensor_shapes(graph, input_shape, notes)
     nodes = graph.layer_nodes()
     macs = sum(_node_macs(node, shapes, notes) for node in nodes)
+    own = _collapsible_params(nodes)
+    if own:
+        notes.append(
+            f"Parameters include {own:,} slope and lock value(s) of collapsible "
+            "activations, which the model did not have before make_collapsible "
+            "and the surgery removes."
+        )
     return ModelStats(
         depth=_real_depth(graph),
         activations=sum(_applies_activation(node.layer) for node in nodes),
@@ -184,6 +191,16 @@ def _applies_activation(layer):
 
 
 # --------------------------------------------------------------------- params
+def _collapsible_params(nodes):
+    """Values held by the collapsible activations' own weights, once each."""
+    variables = {}
+    for node in nodes:
+        if kinds.is_collapsible(node.layer):
+            for variable in getattr(node.layer, "weights", ()):
+                variables[id(variable)] = variable
+    return int(sum(math.prod(v.shape) for v in variables.values()))
+
+
 def _param_count(graph):
     variables = {}
     for node in graph.nodes.values():
@@ -351,16 +368,20 @@ def _tensor_shapes(graph, input_shape, notes):
     }
     if all(None not in shape[1:] for shape in declared):
         return recorded
-    specs = {}
+    specs, assumed = {}, []
     for node, shape in zip(inputs, probe, strict=True):
         if None in shape[1:]:
             shape = (shape[0], *(d or ASSUMED_AXIS_SIZE for d in shape[1:]))
-            notes.append(
-                f"Input '{node.input_config['name']}' has unknown axes "
-                f"{tuple(node.shape)}: assumed {ASSUMED_AXIS_SIZE} each, giving "
-                f"{shape}. Pass `input_shape` to set them."
+            assumed.append(
+                f"'{node.input_config['name']}' {tuple(node.shape)} -> {shape}"
             )
         specs[Ref(node.id)] = keras.KerasTensor(shape, dtype=node.dtypes[0])
+    if assumed:  # one note for every input
+        which = "Input" if len(assumed) == 1 else f"{len(assumed)} inputs"
+        notes.append(
+            f"{which} with unknown axes, assumed {ASSUMED_AXIS_SIZE} each: "
+            f"{', '.join(assumed)}. Pass `input_shape` to set them."
+        )
     for node in graph.layer_nodes():
         for i, spec in enumerate(_output_specs(node, specs, notes)):
             specs[Ref(node.id, i)] = spec

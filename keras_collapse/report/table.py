@@ -53,9 +53,11 @@ def format_stats_table(before, after, title="Model statistics"):
         for label, field in _STAT_ROWS
     ]
     table = _table(title, ("", "Before", "After", "Change"), rows, "<>>>")
-    notes = [f"Note (before): {n}" for n in before.notes] + [
-        f"Note (after): {n}" for n in after.notes
-    ]
+    # A note both models share (an input size assumed) is said once.
+    notes = [
+        f"Note: {n}" if n in after.notes else f"Note (before): {n}"
+        for n in before.notes
+    ] + [f"Note (after): {n}" for n in after.notes if n not in before.notes]
     return "\n".join([table, *notes])
 
 
@@ -84,11 +86,21 @@ def format_entries(entries, title):
             )
     if not entries:
         return f"{title}: (none)"
+    # The same action on every call of a shared layer is one row.
+    counts = {}
+    for e in entries:
+        key = (e.kind, tuple(e.layers), e.detail)
+        counts[key] = counts.get(key, 0) + 1
     rows = [
-        (str(i), e.kind, ", ".join(e.layers), e.detail)
-        for i, e in enumerate(entries, start=1)
+        (
+            str(i),
+            kind,
+            ", ".join(layers),
+            detail if count == 1 else f"{detail} ({count} calls)",
+        )
+        for i, ((kind, layers, detail), count) in enumerate(counts.items(), start=1)
     ]
-    return _table(f"{title} ({len(entries)})", ("#", "Kind", "Layers", "Detail"), rows)
+    return _table(f"{title} ({len(rows)})", ("#", "Kind", "Layers", "Detail"), rows)
 
 
 def format_latency(result, title="Latency"):

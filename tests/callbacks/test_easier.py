@@ -125,6 +125,28 @@ class TestEntropyChoices(TestCase):
         assert history.history["easier_rollbacks"] == [0.0, 0.0]
 
 
+class TestIntegerData(TestCase):
+    def test_uint8_images_are_read_as_predict_reads_them(self):
+        # Issue 23: a Conv on uint8 failed inside the statistics and the BN
+        # re-estimation, mid-fit.
+        rng = np.random.default_rng(1)
+        x = rng.integers(0, 8, (64, 6, 6, 1)).astype("uint8")
+        y = rng.standard_normal((64, 2)).astype("float32")
+        events = []
+        for data in (x, x.astype("float32")):
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((6, 6, 1))
+            h = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+            h = kc.CollapsiblePReLU(name="act")(layers.BatchNormalization()(h))
+            h = layers.GlobalAveragePooling2D()(h)
+            model = keras.Model(inputs, layers.Dense(2)(h))
+            model.compile(keras.optimizers.SGD(0.0), "mse")
+            easier = frozen_easier(data, recalibrate=True, precheck=False)
+            fit(model, (x, y), [easier], epochs=2)
+            events.append([(e["action"], e["layers"]) for e in easier.events])
+        assert events[0] == events[1] and events[0]
+
+
 class TestRamp(TestCase):
     def trainable_model(self):
         keras.utils.set_random_seed(0)

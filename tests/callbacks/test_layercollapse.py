@@ -41,6 +41,22 @@ class TestLayerCollapse(TestCase):
         _, report = kc.surgery(model, return_report=True)
         assert report.after.depth < report.before.depth
 
+    def test_the_issue_flow_without_the_callback(self):
+        # make_collapsible(LinearityRegularizer(3.0)), a plain fit at Adam
+        # 3e-4, then lock_near_linear(objective="depth"): shallower.
+        model = pulled()
+        x, y = digits()
+        model.fit(x, y, batch_size=16, epochs=6, verbose=0)
+        locked = kc.lock_near_linear(model, objective="depth")
+        assert locked, [float(la.alpha_numpy()) for la in kc.collapsible_layers(model)]
+        small, report = kc.surgery(model, return_report=True)
+        assert report.after.depth < report.before.depth
+        self.assert_close(
+            small.predict(x[:64], verbose=0),
+            model.predict(x[:64], verbose=0),
+            atol=1e-4,
+        )
+
     def test_unscaled_slopes_barely_move(self):
         # The same run with the slope stored as it is (scale 1): what the
         # scale is for.

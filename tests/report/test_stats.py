@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import keras
 import pytest
@@ -397,3 +398,29 @@ class TestUnknownAxes(TestCase):
     def test_multi_input_needs_a_list(self):
         with pytest.raises(ValueError, match="has 2 inputs"):
             model_stats(two_sequences(), input_shape=(5, 4))
+
+    def test_every_input_with_unknown_axes_in_one_note(self):
+        # BERT-like: three token inputs of unknown length were three notes,
+        # six in a surgery report (before and after).
+        stats = model_stats(two_sequences())
+        assert len(stats.notes) == 1, stats.notes
+        (note,) = stats.notes
+        assert note.startswith("2 inputs with unknown axes, assumed 32 each")
+        assert "-> (None, 32, 4)" in note and "-> (None, 32, 3)" in note
+
+
+class TestCollapsibleParams(TestCase):
+    def test_slopes_and_locks_are_counted_and_said(self):
+        plain = sequential()
+        converted = kc.make_collapsible(plain)
+        stats = model_stats(converted)
+        own = sum(
+            math.prod(w.shape)
+            for layer in kc.collapsible_layers(converted)
+            for w in layer.weights
+        )
+        assert own > 0
+        assert stats.params == plain.count_params() + own == converted.count_params()
+        (note,) = stats.notes
+        assert f"Parameters include {own:,} slope and lock value(s)" in note
+        assert model_stats(plain).notes == ()

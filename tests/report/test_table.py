@@ -108,3 +108,38 @@ class TestLatencyTable(TestCase):
     def test_rejects_what_measure_latency_did_not_return(self):
         with pytest.raises(ValueError, match="Expected the dict returned"):
             format_latency({"models": {}})
+
+
+class TestNoise(TestCase):
+    def test_a_note_both_models_share_is_said_once(self):
+        shared = "Input 'x' has unknown axes"
+        before = ModelStats(1, 0, 0, 0, 0, notes=(shared, "only before"))
+        after = ModelStats(1, 0, 0, 0, 0, notes=(shared, "only after"))
+        notes = format_stats_table(before, after).splitlines()[-3:]
+        assert notes == [
+            f"Note: {shared}",
+            "Note (before): only before",
+            "Note (after): only after",
+        ]
+
+    def test_the_same_action_on_a_shared_layer_is_one_row(self):
+        # A dropout layer called twice (ViT's MLP) is removed at each call.
+        entries = [
+            Entry("remove_identity", ("dropout",), "identity at inference"),
+            Entry("remove_identity", ("dropout",), "identity at inference"),
+            Entry("merge", ("a", "b"), "2 -> 1 layer, exact"),
+        ]
+        lines = format_entries(entries, "Done").splitlines()
+        assert lines[0] == "Done (2)"
+        rows = [line for line in lines if line[:1].isdigit()]
+        assert len(rows) == 2
+        assert rows[0].split() == [
+            "1",
+            "remove_identity",
+            "dropout",
+            "identity",
+            "at",
+            "inference",
+            "(2",
+            "calls)",
+        ]

@@ -212,6 +212,17 @@ class TestDataKinds(TestCase):
         )
 
 
+class TestIntegerData(TestCase):
+    def test_uint8_and_int64_inputs_as_predict_reads_them(self):
+        # Issue 23: integer data reached the Conv uncast and failed.
+        images = np.random.default_rng(0).integers(0, 8, (20, 7, 7, 3))
+        model = conv_model()
+        for dtype in ("uint8", "int64"):
+            stats = kc.activation_statistics(model, images.astype(dtype))
+            want = pre_activations(model, "a1", images.astype("float32"))
+            TestOracle().check(stats, "a1", want, atol=1e-4)
+
+
 class TestBadInput(TestCase):
     def test_wrong_shape_names_both(self):
         with pytest.raises(ValueError, match=r"expected shape \(None, 5\).*\(4, 3\)"):
