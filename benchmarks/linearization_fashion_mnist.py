@@ -301,7 +301,11 @@ def run_model(name, args, data, log):
                 "linearized": len(callback.linearized) if callback else 0,
                 "activations": total,
                 "rollbacks": callback.rollbacks if callback else 0,
-                "sparsity": kc.sparsity(model).overall,
+                # NEPENTHE's own count: its channels pruned at a BN are
+                # held by masks on gamma and beta, not on the kernel.
+                "sparsity": callback._overall()
+                if isinstance(callback, kc.NEPENTHECallback)
+                else kc.sparsity(model).overall,
                 "layers": list(callback.linearized) if callback else [],
                 "monitored": callback.monitored if callback else None,
                 "accuracy": accuracy(model, test),
@@ -368,10 +372,14 @@ def format_rows(rows):
 
 
 def plot(rows, analyses, path):
+    """Accuracy against activations linearized per net (top) and the BN
+    analysis after data-free TLC (bottom), saved to `path`; returns the
+    (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 9))
@@ -390,18 +398,29 @@ def plot(rows, analyses, path):
             )
         total = model_rows[0]["activations"]
         ax.set_xlabel(f"activations linearized (of {total})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 1.5
         ax.set_ylabel("test accuracy after surgery")
         ax.set_title(f"{name}: accuracy vs activations linearized")
-        ax.legend(fontsize=7)
+        # Under the axes: inside, it covered points; right of it, the next net.
+        ax.legend(
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=2,
+            borderaxespad=0.0,
+        )
         bottom = axes[1, col]
         if "TLC, data-free" in analyses.get(name, {}):
             analyses[name]["TLC, data-free"].plot(ax=bottom)
-            bottom.set_title(f"{name}, BN analysis after data-free TLC", fontsize=9)
+            bottom.set_title(  # above the figure's legend
+                f"{name}, BN analysis after data-free TLC", fontsize=9, pad=20
+            )
         else:
             bottom.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return fig
 
 
 def command(argv):
@@ -518,9 +537,10 @@ def main(argv=None):
             "latency: the surgery result vs the BN-folded base, median of "
             f"{args.repeats} interleaved runs (>1 = faster); fit s: wall time "
             "of the fine-tuning fit (callback included)",
-            "sparsity: the fraction of the prunable kernels held at zero by "
-            "NEPENTHE's masks (its rounds act at once: no ramp); the weights "
-            "stay dense, so it changes neither params, MACs nor latency",
+            "sparsity: the pruned share of NEPENTHE's candidate kernels (a "
+            "channel pruned at its BN counts its kernel column; its rounds act "
+            "at once: no ramp); pruned channels are zeros the surgery may cut, "
+            "single weights stay dense",
             "",
             format_rows(rows),
         ]

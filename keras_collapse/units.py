@@ -34,7 +34,9 @@ from keras_collapse.passes.journal import Journal
 from keras_collapse.passes.merge import layer_kind
 from keras_collapse.passes.merge import positions
 from keras_collapse.passes.pipeline import simplify
-from keras_collapse.report.table import _table
+from keras_collapse.report.potential import FIELDS
+from keras_collapse.report.potential import _number
+from keras_collapse.report.potential import units_table
 
 OBJECTIVES = ("activations", "depth", "latency")
 
@@ -113,6 +115,9 @@ class MergeUnits:
         exact: bool, the surgery mode the dry runs used.
         seconds: float, the time the analysis took.
         dry_runs: int, the dry runs made.
+        total: dict, "depth", "params", "macs", "latency" of the BN-folded
+            model the dry runs start from (what the surgery leaves with
+            nothing more linearized): what each unit's saving is a share of.
     """
 
     units: list
@@ -221,26 +226,31 @@ class MergeUnits:
             + "."
         )
 
+    @property
+    def total(self):
+        """The cost of the BN-folded model the dry runs start from (BatchNorm
+        folded, what is already linear merged): a dict of "depth", "params",
+        "macs" (ints) and "latency" (float, under the cost model). A unit's
+        saving is a share of it."""
+        base = self.dry_run.base_cost
+        total = {field: getattr(base, field) for field in FIELDS}
+        total["latency"] = float(total["latency"])
+        return total
+
     def table(self):
-        """The units as a plain-text table, headed by a summary line."""
+        """The units as a plain-text table, headed by a summary line: per
+        unit the layers it removes, and the depth, params, MACs and latency
+        it saves, each with its share of `total`."""
+        total = self.total
         head = (
             f"{len(self.units)} merge unit(s) over {len(self.candidates)} "
             f"activation(s) ({'exact' if self.exact else 'inexact'} surgery, "
-            f"{self.dry_runs} dry runs, {self.seconds:.2f} s)"
+            f"{self.dry_runs} dry runs, {self.seconds:.2f} s)\n"
+            f"In brackets: the share of the BN-folded model's depth "
+            f"{total['depth']:,}, {total['params']:,} params, {total['macs']:,} "
+            f"MACs, latency {_number(total['latency'])}"
         )
-        rows = [
-            (
-                ", ".join(u.activations),
-                u.layers,
-                u.depth,
-                f"{u.params:,}",
-                f"{u.macs:,}",
-                f"{u.latency:,.0f}",
-            )
-            for u in self.units
-        ]
-        header = ("Activations", "Layers", "Depth", "Params", "MACs", "Latency")
-        return _table(head, header, rows, "<>>>>>")
+        return units_table(self.units, total, title=head, layers=True)
 
     def __str__(self):
         return self.table()

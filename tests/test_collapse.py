@@ -154,3 +154,13 @@ class TestBadInput(TestCase):
         x, y = digits()
         with pytest.raises(ValueError, match="no activation to collapse"):
             kc.collapse(model, (x.reshape(-1, 64), y), verbose=0)
+
+
+class TestPhaseShares:
+    def test_auto_recovers_longer_for_blocks(self):
+        from keras_collapse.collapse import phase_shares
+
+        assert phase_shares("activations", "auto", "auto") == (0.5, 0.25)
+        assert phase_shares("depth", "auto", "auto") == (0.4, 0.2)
+        assert phase_shares("latency", "auto", 0.1) == (0.4, 0.1)
+        assert phase_shares("depth", 0.3, "auto") == (0.3, 0.2)

@@ -1,6 +1,7 @@
 """Merge units: what linearizing buys, from dry runs of the surgery's passes,
 checked against the real surgery, NumPy counts and the callbacks' choices."""
 
+import re
 import warnings
 
 import keras
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
+from keras_collapse.callbacks.budget import Budget
 from tests.test_surgery import bn
 from tests.testing import TestCase
 
@@ -115,6 +117,48 @@ class TestMergeUnits(TestCase):
         assert found.evaluate(names, {"dw_act": np.arange(48) < 4}).layers > 0
         # Zeroing acts on a copy: the base of later dry runs is unchanged.
         assert found.evaluate(names) == found.units[0]
+
+    def test_table_gives_each_unit_its_share_of_the_bn_folded_model(self):
+        # A MobileNetV2 block and a Dense∘Dense head: two units.
+        block = mobilenet_block()
+        h = layers.GlobalAveragePooling2D()(block.output)
+        h = act(layers.Dense(16, name="fc1")(h), "fc_act")
+        model = keras.Model(block.input, layers.Dense(3, name="fc2")(h))
+        found = kc.merge_units(model)
+        assert len(found.units) == 2
+        base = found.dry_run.base_cost
+        assert found.total == {
+            "depth": base.depth,
+            "params": base.params,
+            "macs": base.macs,
+            "latency": float(base.latency),
+        }
+        # The BN-folded model is what the surgery leaves with nothing linear.
+        folded = surgery_stats(model)
+        assert (folded.depth, folded.params, folded.macs) == (
+            base.depth,
+            base.params,
+            base.macs,
+        )
+        table = found.table()
+        assert f"depth {base.depth}, {base.params:,} params" in table
+        for unit in found.units:
+            (row,) = [
+                line
+                for line in table.splitlines()
+                if line.startswith(", ".join(unit.activations) + " ")
+            ]
+            shares = [float(s) / 100 for s in re.findall(r"\((-?[\d.]+)%\)", row)]
+            expected = [
+                getattr(unit, field) / getattr(base, field)
+                for field in ("depth", "params", "macs", "latency")
+            ]
+            assert all(0 < e < 1 for e in expected)
+            np.testing.assert_allclose(shares, expected, atol=5e-4)
+        # Budget.plan prices its target against the same total.
+        budget = Budget.plan(model, ["expand_act", "dw_act", "fc_act"], "depth", 0.2)
+        assert budget.total == base.depth
+        assert budget.needed == pytest.approx(0.2 * base.depth)
 
     def test_lone_activation_of_a_block_buys_nothing(self):
         found = kc.merge_units(mobilenet_block(), candidates=["expand_act"])

@@ -78,8 +78,7 @@ class Budget:
         units = [u for u in found.for_objective(objective) if _gain(u, objective) > 0]
         if not units:
             raise ValueError(f"In model '{model.name}', {found.why_none(objective)}")
-        base = found.dry_run.base_cost
-        total = float(base.depth if objective == "depth" else base.latency)
+        total = float(found.total[objective])
         members = [n for n in names if any(n in u.activations for u in units)]
         most = _gain(found.evaluate(members), objective)
         needed = target * total

@@ -255,8 +255,8 @@ class LinearizationCallback(keras.callbacks.Callback):
                 "`interval_steps` judges changes between batches, where `logs` "
                 "hold no validation metric: pass `validation_data=(x, y)` and "
                 "leave `monitor='auto'` (the guard then measures its own sample). "
-                f"Received: validation_data={'None' if validation_data is None else '...'}"
-                f", monitor={monitor!r}"
+                "Received: validation_data="
+                f"{'None' if validation_data is None else '...'}, monitor={monitor!r}"
             )
         Pace(per_decision)  # checked here, made afresh at each fit
         self.exact = exact

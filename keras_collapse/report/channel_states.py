@@ -99,10 +99,19 @@ def plot_channel_states(analysis, ax=None):
     score_ax.set_ylim(bottom=0)
     handles, labels = ax.get_legend_handles_labels()
     more_handles, more_labels = score_ax.get_legend_handles_labels()
+    # Above the axes, in one row: inside, it would cover the first bars
+    # (the right side holds the score's axis).
     ax.legend(
-        handles + more_handles, labels + more_labels, fontsize=7, loc="upper left"
+        handles + more_handles,
+        labels + more_labels,
+        fontsize=7,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.01),
+        ncol=len(handles) + len(more_handles),
+        frameon=False,
+        borderaxespad=0.0,
     )
-    ax.set_title(f"{analysis.title} per activation (hatched: linearized)")
+    ax.set_title(f"{analysis.title} per activation (hatched: linearized)", pad=20)
     fig.tight_layout()
     return fig
 
@@ -176,6 +185,8 @@ def plot_rounds(title, epochs, series, what="the rounds"):
         ImportError: if matplotlib is not installed, saying how to get it.
     """
     plt = _pyplot(what)
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(
         1, len(series), figsize=(5.0 * len(series), 3.6), squeeze=False
     )
@@ -184,9 +195,23 @@ def plot_rounds(title, epochs, series, what="the rounds"):
             ys = [float("nan") if v is None else v for v in values]
             ax.plot(epochs, ys, "o-", label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
         ax.set_ylabel(quantity)
         ax.set_ylim(bottom=0)
-    axes[0][0].legend(fontsize=7)
+    # Every panel's layers, right of the last panel, outside it: inside, it
+    # would cover the lines.
+    named = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    axes[0][-1].legend(
+        list(named.values()),
+        list(named),
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
     fig.suptitle(title)
     fig.tight_layout()
     return fig

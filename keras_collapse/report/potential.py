@@ -54,15 +54,13 @@ class Potential:
         """The potential of a `merge_units` answer `found` (one dry run more:
         every unit's activations linear together)."""
         members = [n for n in found.candidates if found.unit_of(n) is not None]
-        base = found.dry_run.base_cost
-        total = {field: getattr(base, field) for field in FIELDS}
+        total = found.total
         if members:
             union = found.evaluate(members)
             saved = {field: getattr(union, field) for field in FIELDS}
         else:
             saved = dict.fromkeys(FIELDS, 0)
         saved["latency"] = float(saved["latency"])
-        total["latency"] = float(total["latency"])
         return cls(
             saved=saved,
             total=total,
@@ -175,13 +173,15 @@ class Potential:
         return self.summary()
 
 
-def units_table(units, total, title=None):
+def units_table(units, total, title=None, layers=False):
     """Merge units, one row each, every saving with its share of `total`
-    (a dict of "depth", "params", "macs", "latency")."""
+    (a dict of "depth", "params", "macs", "latency"); `layers`: a column
+    of the layers each unit removes besides its activations."""
     title = title or f"Merge units ({len(units)}), each as a share of the whole"
     rows = [
         (
             ", ".join(unit.activations),
+            *((unit.layers,) if layers else ()),
             *(
                 f"{_number(getattr(unit, field))} "
                 f"({_ratio(getattr(unit, field), total[field]):.1%})"
@@ -190,8 +190,9 @@ def units_table(units, total, title=None):
         )
         for unit in units
     ]
-    header = ("Activations", "Depth", "Params", "MACs", "Latency")
-    return _table(title, header, rows, "<>>>>")
+    header = ("Activations", *(("Layers",) if layers else ()))
+    header += ("Depth", "Params", "MACs", "Latency")
+    return _table(title, header, rows, "<" + ">" * (len(header) - 1))
 
 
 def help_for(reason, exact=True):
