@@ -481,7 +481,8 @@ def targets(rows, latency):
 
 def plot(rows, path):
     """Accuracy against the linearized fraction, one line per method (means
-    over the seeds, bars: standard deviation), one panel per net."""
+    over the seeds, bars: standard deviation), one panel per net, saved to
+    `path`; returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -518,13 +519,23 @@ def plot(rows, path):
         ax.set_xlabel("activations linearized (fraction)")
         ax.set_ylabel("test accuracy after surgery")
         ax.set_title(name)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7
-    )
+    # Every panel's methods, in one legend right of the panels (outside all
+    # of them: `bbox_inches="tight"` widens the file to hold it).
+    named = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
     fig.tight_layout()
+    fig.legend(
+        list(named.values()),
+        list(named),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=7,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return fig
 
 
 def main(argv=None):
@@ -575,14 +586,14 @@ def main(argv=None):
     )
     parser.add_argument(
         "--search",
-        type=float,
-        default=0.5,
+        type=lambda v: v if v == "auto" else float(v),
+        default="auto",
         help="collapse rows: the gates' search share of the fine-tune",
     )
     parser.add_argument(
         "--polarize",
-        type=float,
-        default=0.25,
+        type=lambda v: v if v == "auto" else float(v),
+        default="auto",
         help="collapse rows: the polarization share (the rest is recovery)",
     )
     parser.add_argument("--factor", type=float, default=5.0)

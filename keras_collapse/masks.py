@@ -103,12 +103,33 @@ class HeldAtZero:
     _attribute: str = dataclasses.field(repr=False)
     _previous: object = dataclasses.field(repr=False)
     _previous_attribute: object = dataclasses.field(repr=False)
+    _added: np.ndarray = dataclasses.field(default=None, repr=False)
+    _undone: bool = dataclasses.field(default=False, repr=False)
 
     def undo(self):
-        """Restores the constraint the weight had before the call. Rebuild
-        the train function afterwards (`linearize.rebuild_train_function`)."""
-        self._variable.constraint = self._previous
-        setattr(self.layer, self._attribute, self._previous_attribute)
+        """Takes this call's entries out of the weight's mask, in any order
+        of undoing: entries held before it, or added by later calls, stay
+        held; with nothing left held, the constraint is the one the mask
+        wraps. Rebuild the train function afterwards
+        (`linearize.rebuild_train_function`)."""
+        if self._undone:
+            return
+        self._undone = True
+        ours = self._added
+        variable = self._variable
+        current = variable.constraint
+        if not isinstance(current, ZeroMask):  # replaced since: as before it
+            variable.constraint = self._previous
+            setattr(self.layer, self._attribute, self._previous_attribute)
+            return
+        variable.constraint = _without(current, ours)
+        attribute = getattr(self.layer, self._attribute)
+        if attribute is current:
+            setattr(self.layer, self._attribute, variable.constraint)
+        elif isinstance(attribute, ZeroMask):
+            setattr(self.layer, self._attribute, _without(attribute, ours))
+        else:
+            setattr(self.layer, self._attribute, self._previous_attribute)
 
 
 def hold_at_zero(layer, weight_name, mask):
@@ -168,7 +189,15 @@ def hold_at_zero(layer, weight_name, mask):
         _attribute=attribute,
         _previous=previous,
         _previous_attribute=previous_attribute,
+        _added=mask & ~held,
     )
+
+
+def _without(constraint, entries):
+    """`constraint` (a `ZeroMask`) without `entries`: the mask that is
+    left, or the constraint it wraps when nothing is left."""
+    left = constraint.mask & ~entries
+    return ZeroMask(left, constraint.inner) if left.any() else constraint.inner
 
 
 def held_mask(layer, weight_name):

@@ -229,14 +229,32 @@ def prune_by_fraction(model, fractions):
     return _prune(model, layers, counts)
 
 
-def prune_by_count(model, counts):
+def prune_by_count(model, counts, channel_cap=None):
     """`prune_by_fraction` with the number of weights to prune per layer
     (what `allocate_budget` gives), each at most the layer's remaining.
 
+    Args:
+        model: the `keras.Model`.
+        counts: dict, layer name -> int, weights to prune.
+        channel_cap: None, or a float in (0, 1]: no output channel (a
+            column of the kernel: a depthwise kernel's kh x kw weights of
+            one channel) loses more than `ceil(channel_cap * its
+            remaining)` in this call; the smallest |w| that fit are taken,
+            so a count may come out smaller. Defaults to `None`.
+
     Raises:
         ValueError: as `prune_by_fraction`, or for a count that is not an
-            int in [0, remaining].
+            int in [0, remaining], or a `channel_cap` outside (0, 1].
     """
+    if channel_cap is not None and (
+        isinstance(channel_cap, bool)
+        or not isinstance(channel_cap, (int, float, np.integer, np.floating))
+        or not 0 < channel_cap <= 1
+    ):
+        raise ValueError(
+            "`channel_cap` must be None or a number in (0, 1]. Received: "
+            f"channel_cap={channel_cap!r}"
+        )
     layers = _chosen(model, counts, "counts")
     for name, count in counts.items():
         remaining = int((~held_mask(layers[name], "kernel")).sum())
@@ -249,7 +267,9 @@ def prune_by_count(model, counts):
                 f"Expected an int in [0, {remaining}] (its remaining weights) "
                 f"for layer '{name}'. Received: {count!r}"
             )
-    return _prune(model, layers, {name: int(c) for name, c in counts.items()})
+    return _prune(
+        model, layers, {name: int(c) for name, c in counts.items()}, channel_cap
+    )
 
 
 def _chosen(model, choice, what):
@@ -279,7 +299,7 @@ def _chosen(model, choice, what):
     return layers
 
 
-def _prune(model, layers, counts):
+def _prune(model, layers, counts, channel_cap=None):
     sync_training_state(model)
     done = []
     for name, count in counts.items():
@@ -291,7 +311,17 @@ def _prune(model, layers, counts):
             continue
         value = keras.ops.convert_to_numpy(layer.kernel)
         magnitude = np.abs(value.ravel()[free])
-        chosen = free[np.argsort(magnitude, kind="stable")[:count]]
+        order = free[np.argsort(magnitude, kind="stable")]
+        if channel_cap is None:
+            chosen = order[:count]
+        else:
+            chosen = _within_channel_cap(
+                order, held, output_channels(layer), channel_cap, count
+            )
+            count = len(chosen)
+            if count == 0:
+                done.append(Pruned(name, 0, len(free)))
+                continue
         mask = np.zeros(held.size, bool)
         mask[chosen] = True
         values = value.ravel()[chosen].copy()
@@ -302,6 +332,32 @@ def _prune(model, layers, counts):
     if any(d.pruned for d in done):
         rebuild_train_function(model)
     return done
+
+
+def _within_channel_cap(order, held, channels, channel_cap, count):
+    """The first `count` flat indices of `order` (smallest |w| first) such
+    that no output channel loses more than `ceil(channel_cap * its
+    remaining)`; channel of a flat index: `index % channels`."""
+    left = (~held.reshape(-1, channels)).sum(axis=0)
+    allowance = np.ceil(channel_cap * left).astype(np.int64)
+    column = order % channels
+    # Each entry's rank among its channel's entries, in `order`.
+    by_channel = np.argsort(column, kind="stable")
+    starts = np.searchsorted(column[by_channel], np.arange(channels))
+    rank = np.empty(len(order), np.int64)
+    rank[by_channel] = np.arange(len(order)) - starts[column[by_channel]]
+    return order[rank < allowance[column]][:count]
+
+
+def output_channels(layer):
+    """The output channels of a kernel layer: the kernel's last axis (a
+    depthwise kernel's last two: input channels x multiplier, in Keras'
+    output order). A flat kernel index `i` feeds channel `i % channels`."""
+    shape = tuple(layer.kernel.shape)
+    depthwise = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+    if isinstance(layer, depthwise):
+        return int(shape[-2]) * int(shape[-1])
+    return int(shape[-1])
 
 
 def sparsity(model):

@@ -135,6 +135,78 @@ class TestPruneByFraction(TestCase):
         np.testing.assert_array_equal(numpy(conv.kernel), kernel)
         assert kc.sparsity(model).overall == 0.0
 
+    def test_undo_out_of_order_restores_values_and_masks(self):
+        # Issue 23: undoing the first of two records restored its values
+        # but left its entries masked (the mask of the second came back).
+        model = randomize(cnn())
+        conv = model.get_layer("conv")
+        conv.kernel.constraint = conv.kernel_constraint = keras.constraints.NonNeg()
+        kernel = numpy(conv.kernel).copy()
+        (first,) = kc.prune_by_fraction(model, {"conv": 0.25})
+        mask_first = held_mask(conv, "kernel")
+        (second,) = kc.prune_by_fraction(model, {"conv": 0.25})
+        mask_second = held_mask(conv, "kernel") & ~mask_first
+        first.undo()
+        np.testing.assert_array_equal(held_mask(conv, "kernel"), mask_second)
+        assert conv.kernel_constraint is conv.kernel.constraint
+        np.testing.assert_array_equal(
+            numpy(conv.kernel)[mask_first], kernel[mask_first]
+        )
+        np.testing.assert_array_equal(numpy(conv.kernel)[mask_second], 0.0)
+        # The remaining mask still holds its zeros, over the inner NonNeg.
+        held = conv.kernel.constraint
+        assert isinstance(held, ZeroMask) and isinstance(
+            held.inner, keras.constraints.NonNeg
+        )
+        second.undo()
+        assert isinstance(conv.kernel.constraint, keras.constraints.NonNeg)
+        assert isinstance(conv.kernel_constraint, keras.constraints.NonNeg)
+        np.testing.assert_array_equal(numpy(conv.kernel), kernel)
+        assert kc.sparsity(model).overall == 0.0
+        second.undo()  # twice: nothing more
+        assert isinstance(conv.kernel.constraint, keras.constraints.NonNeg)
+
+    @pytest.mark.parametrize("name", ["dw", "conv"])
+    def test_channel_cap_against_an_oracle(self, name):
+        model = randomize(cnn())
+        layer = model.get_layer(name)
+        shape = tuple(layer.kernel.shape)
+        channels = shape[-2] * shape[-1] if name == "dw" else shape[-1]
+        kc.prune_by_fraction(model, {name: 0.3})
+        held = held_mask(layer, "kernel")
+        kernel = numpy(layer.kernel).copy()
+        count = int((~held).sum() * 0.7)
+        (done,) = kc.prune_by_count(model, {name: count}, channel_cap=0.5)
+        # Oracle: walk the free entries by (|w|, index); take one while its
+        # channel (flat index % channels) has taken < ceil(0.5 * its free).
+        free = [i for i in range(kernel.size) if not held.ravel()[i]]
+        ranked = sorted(free, key=lambda i: (abs(float(kernel.ravel()[i])), i))
+        left = (~held.reshape(-1, channels)).sum(axis=0)
+        allowance = np.ceil(0.5 * left)
+        taken, expected = np.zeros(channels), []
+        for i in ranked:
+            if len(expected) < count and taken[i % channels] < allowance[i % channels]:
+                taken[i % channels] += 1
+                expected.append(i)
+        mask = held.ravel().copy()
+        mask[expected] = True
+        np.testing.assert_array_equal(held_mask(layer, "kernel").ravel(), mask)
+        assert done.pruned == len(expected) <= count
+        new = (held_mask(layer, "kernel") & ~held).reshape(-1, channels).sum(axis=0)
+        assert np.all(new <= allowance) and np.all(new <= np.ceil(0.5 * left))
+        # No channel loses its last weights in one call.
+        assert np.all(
+            held_mask(layer, "kernel").reshape(-1, channels).sum(axis=0)
+            < len(held.reshape(-1, channels))
+        )
+        if name == "dw":  # 9 weights a channel: the cap binds (70 % asked)
+            assert done.pruned < count
+
+    def test_channel_cap_bad_input(self):
+        for cap in (0, 1.5, True, "half"):
+            with pytest.raises(ValueError, match="channel_cap"):
+                kc.prune_by_count(cnn(), {"dw": 1}, channel_cap=cap)
+
     def test_masks_hold_through_fit(self):
         model = randomize(cnn())
         model.compile(keras.optimizers.Adam(0.05), "mse")
