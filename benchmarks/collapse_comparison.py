@@ -315,7 +315,13 @@ def time_saved_models(files, repeats):
 
     import keras_collapse as kc
 
-    models = {label: keras.models.load_model(path) for label, path in files.items()}
+    # Uncompiled: every model's predict then jit-compiles as this backend
+    # does by default (a compile config saved on TensorFlow pins
+    # jit_compile=False, which makes JAX run predict eagerly).
+    models = {
+        label: keras.models.load_model(path, compile=False)
+        for label, path in files.items()
+    }
     result = kc.measure_latency(models, batch_sizes=(1, 64), repeats=repeats)
     return {
         label: {str(b): r for b, r in entry["speedup"].items()}

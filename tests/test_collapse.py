@@ -164,3 +164,13 @@ class TestPhaseShares:
         assert phase_shares("depth", "auto", "auto") == (0.4, 0.2)
         assert phase_shares("latency", "auto", 0.1) == (0.4, 0.1)
         assert phase_shares("depth", 0.3, "auto") == (0.3, 0.2)
+
+
+class TestPortableCompile:
+    def test_a_resolved_false_jit_compile_is_left_to_the_loading_backend(self):
+        from keras_collapse.collapse import _portable
+
+        config = {"loss": "mse", "jit_compile": False}
+        assert _portable(config)["jit_compile"] == "auto"
+        assert config["jit_compile"] is False  # the input's config is not edited
+        assert _portable({"loss": "mse", "jit_compile": True})["jit_compile"] is True
