@@ -2,9 +2,8 @@
 one-call `keras_collapse.collapse` on a compiled saved model, with arrays
 from `.npz` files."""
 
-from keras_collapse.cli.commands import EXIT_OK
+from keras_collapse.cli.commands import finish
 from keras_collapse.cli.commands import not_verified
-from keras_collapse.cli.commands import save
 from keras_collapse.cli.files import CLIError
 from keras_collapse.cli.files import data_path
 from keras_collapse.cli.files import load_model
@@ -12,7 +11,6 @@ from keras_collapse.cli.files import model_path
 from keras_collapse.cli.files import output_file
 from keras_collapse.cli.files import output_model_path
 from keras_collapse.cli.files import read_arrays
-from keras_collapse.cli.files import write_json
 from keras_collapse.cli.startup import import_library
 
 
@@ -53,25 +51,18 @@ def collapse_command(args):
         raise not_verified(e, source) from e
     except ValueError as e:
         raise CLIError(f"collapse failed on {source}: {e}") from e
-    save(small, target)
-    if report_path is not None:
-        write_json(
-            report_path,
-            {
-                "input": str(source),
-                "output": str(target),
-                "data": str(train),
-                "validation": None if validation is None else str(validation),
-                "backend": keras.backend.backend(),
-                **report.as_dict(),
-            },
-        )
     if args.quiet:  # otherwise collapse has printed it
         print(report)
-    print(f"\nSaved {target}")
-    if report_path is not None:
-        print(f"Wrote {report_path}")
-    return EXIT_OK
+    return finish(
+        keras,
+        small,
+        report,
+        source,
+        target,
+        report_path,
+        data=str(train),
+        validation=None if validation is None else str(validation),
+    )
 
 
 def check_compiled(model, source):

@@ -102,22 +102,8 @@ def surgery_command(args):
         raise not_verified(e, source) from e
     except ValueError as e:
         raise CLIError(f"surgery failed on {source}: {e}") from e
-    save(small, target)
-    if report_path is not None:
-        write_json(
-            report_path,
-            {
-                "input": str(source),
-                "output": str(target),
-                "backend": keras.backend.backend(),
-                **report.as_dict(),
-            },
-        )
     print(report)
-    print(f"\nSaved {target}")
-    if report_path is not None:
-        print(f"Wrote {report_path}")
-    return EXIT_OK
+    return finish(keras, small, report, source, target, report_path)
 
 
 def not_verified(error, source):
@@ -126,6 +112,27 @@ def not_verified(error, source):
         f"Nothing was written. If that is float32 round-off, rerun with a "
         "larger --tolerance; otherwise please report it."
     )
+
+
+def finish(keras, small, report, source, target, report_path, **extra):
+    """Saves the result, writes the JSON report (with `extra` fields) and
+    says where: the common end of `surgery` and `collapse`."""
+    save(small, target)
+    if report_path is not None:
+        write_json(
+            report_path,
+            {
+                "input": str(source),
+                "output": str(target),
+                **extra,
+                "backend": keras.backend.backend(),
+                **report.as_dict(),
+            },
+        )
+    print(f"\nSaved {target}")
+    if report_path is not None:
+        print(f"Wrote {report_path}")
+    return EXIT_OK
 
 
 def save(model, target):
