@@ -50,10 +50,10 @@ def reused_probe(model):
     """A `run(x, batch_size)` of the probe `activation_statistics` builds,
     built once; None if the library's internals changed."""
     try:
-        from keras_collapse.channel_moments import MomentsProbe
-        from keras_collapse.channel_moments import channel_axis
         from keras_collapse.collapsible import collapsible_layers
         from keras_collapse.graph import Graph
+        from keras_collapse.graph.channel_moments import MomentsProbe
+        from keras_collapse.graph.channel_moments import channel_axis
 
         graph = Graph.from_model(model)
         chosen = {id(layer) for layer in collapsible_layers(model)}

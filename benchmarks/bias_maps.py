@@ -39,7 +39,7 @@ def forms():
     import keras_collapse as kc
     from keras_collapse.graph import Graph
     from keras_collapse.layers.bias_map import is_bias_map
-    from keras_collapse.passes import pipeline
+    from keras_collapse.surgery.passes import pipeline
 
     model = models.mobilenet_v2_style(lock="all")
     default = kc.surgery(model)

@@ -137,9 +137,7 @@ def make_run(method, objective, args, base, train, val):
     if method == "TLC, data-free":
         callback = kc.TLCCallback(**common)
     elif method == "TLC, data":
-        callback = kc.TLCCallback(
-            data=train[0], validation_samples=args.samples, **common
-        )
+        callback = kc.TLCCallback(data=train[0], samples=args.samples, **common)
     elif method == "EASIER":
         callback = kc.EASIERCallback(
             train[0], validation_data=val, samples=args.samples, **common
@@ -615,6 +613,13 @@ def main(argv=None):
         default=3,
         help="seeds per run (base init and data order; the data subset stays)",
     )
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="the seed of the data subset (default: --seed); one seed per process "
+        "with --seed N --seeds 1 --data-seed 0 gives the rows of one --seeds run",
+    )
     parser.add_argument("--latency-backends", default="jax,tensorflow,torch")
     parser.add_argument("--out", default=None, help="write <out>.txt/.json/.png")
     parser.add_argument(
@@ -623,6 +628,10 @@ def main(argv=None):
     parser.add_argument(
         "--retime",
         help="a --keep folder: time its models again and print the table, no training",
+    )
+    parser.add_argument(
+        "--replot",
+        help="a JSON this script wrote (--out): draw its figure again, next to it",
     )
     parser.add_argument("--time-saved", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
@@ -633,6 +642,10 @@ def main(argv=None):
         result = {name: time_saved_models(f, args.repeats) for name, f in files.items()}
         Path(args.json).write_text(json.dumps(result))
         return result
+    if args.replot:
+        source = Path(args.replot)
+        plot(json.loads(source.read_text())["rows"], source.with_suffix(".png"))
+        return None
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
@@ -655,7 +668,8 @@ def main(argv=None):
                 setattr(args, key, value)
         latency = latency_per_backend(files, backends, args.repeats, log)
     else:
-        data = load_data(args.dataset, args.train, args.val, args.test, args.seed)
+        data_seed = args.seed if args.data_seed is None else args.data_seed
+        data = load_data(args.dataset, args.train, args.val, args.test, data_seed)
         log(
             f"{args.dataset}: {len(data[0][0])} train / {len(data[1][0])} val / "
             f"{len(data[2][0])} test; training on {keras.backend.backend()}"

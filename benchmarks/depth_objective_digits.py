@@ -31,12 +31,21 @@ def digits(seed):
     return (x[:1200], y[:1200]), (x[1200:1500], y[1200:1500]), (x[1500:], y[1500:])
 
 
-def callback(method, train, val):
+def callback(method, train, val, args):
+    # Decisions every `--interval-steps` batches instead of every epoch: a
+    # short fine-tune then holds more of them.
+    schedule = {"interval_steps": args.interval_steps} if args.interval_steps else {}
     if method == "tlc":
-        return kc.TLCCallback(validation_data=val, objective="depth", verbose=0)
+        return kc.TLCCallback(
+            validation_data=val, objective="depth", verbose=0, **schedule
+        )
     if method == "easier":
         return kc.EASIERCallback(
-            train[0][:512], validation_data=val, objective="depth", verbose=0
+            train[0][:512],
+            validation_data=val,
+            objective="depth",
+            verbose=0,
+            **schedule,
         )
     return None
 
@@ -50,7 +59,7 @@ def run(method, base_weights, args, train, val, test):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    cb = callback(method, train, val)
+    cb = callback(method, train, val, args)
     model.fit(
         *train,
         epochs=args.epochs,
@@ -71,6 +80,12 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--interval-steps",
+        type=int,
+        default=None,
+        help="the callbacks decide every N training steps (default: every epoch)",
+    )
     parser.add_argument("--out", default=None, help="also write the lines here")
     args = parser.parse_args(argv)
     train, val, test = digits(args.seed)

@@ -203,7 +203,7 @@ def make_callback(run, args, train, val):
         if value is not None
     }
     common = dict(seed=args.seed, verbose=1, **schedule)
-    sized = dict(validation_samples=args.samples, **common)
+    sized = dict(samples=args.samples, **common)
     if run == CONTROL:
         return None
     if run == "TLC, data-free":
@@ -453,7 +453,7 @@ def main(argv=None):
         "--samples",
         type=int,
         default=1024,
-        help="size of the callbacks' fixed samples (TLC's validation_samples, "
+        help="size of the callbacks' fixed samples (TLC's samples, "
         "EASIER's samples) and of the BN recalibration sample",
     )
     parser.add_argument("--base-epochs", type=int, default=4)

@@ -12,14 +12,16 @@ from keras_collapse import data as data_lib
 from keras_collapse.callbacks.budget import Budget
 from keras_collapse.callbacks.budget import check_target
 from keras_collapse.callbacks.joint import JointLinearizationCallback
+from keras_collapse.checks import check_bool
 from keras_collapse.checks import check_int
+from keras_collapse.checks import check_model
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.convert import make_collapsible
 from keras_collapse.report.collapse_report import CollapseReport
 from keras_collapse.report.latency import measure_latency
 from keras_collapse.report.stats import model_stats
 from keras_collapse.surgery import surgery
-from keras_collapse.units import check_objective
+from keras_collapse.surgery.units import check_objective
 
 # Of the softened logits' KL divergence (Hinton et al.; Keras' default).
 TEMPERATURE = 3.0
@@ -139,13 +141,13 @@ def collapse(
             activation to collapse, or a depth / latency target no set of
             merge units reaches (with the most that can be).
 
-    Example:
+    Example (a trained classifier; a fine-tune of several epochs):
 
-    >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
-    >>> model.fit(x_train, y_train, epochs=10)
-    >>> small, report = keras_collapse.collapse(
-    ...     model, (x_train, y_train), validation_data=(x_val, y_val))
-    >>> print(report)  # half the activations linearized, depth before/after
+        model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        model.fit(x_train, y_train, epochs=10)
+        small, report = keras_collapse.collapse(
+            model, (x_train, y_train), validation_data=(x_val, y_val))
+        print(report)  # half the activations linearized, depth before/after
     """
     started = time.perf_counter()
     _check_model(model)
@@ -155,6 +157,8 @@ def collapse(
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
     check_int("samples", samples, 1)
+    check_bool("exact", exact)
+    check_bool("latency", latency)
     n_inputs = len(model.inputs)
     sample = data_lib.take_sample(
         data, samples, seed, n_inputs=n_inputs, labels=True, what="data"
@@ -257,11 +261,7 @@ def collapse(
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`model` must be a keras.Model. Received: {model!r} of type "
-            f"{type(model).__name__}"
-        )
+    check_model("model", model)
     if (
         not getattr(model, "compiled", False)
         or getattr(model, "optimizer", None) is None

@@ -1,13 +1,12 @@
 """Finding the collapsible activations of a model, and locking them linear."""
 
-import warnings
+import importlib
 
 import keras
-import numpy as np
 
 from keras_collapse.layers import CollapsibleActivation
-from keras_collapse.units import check_objective
-from keras_collapse.units import merge_units
+
+_LOCKING = "keras_collapse.actions.locking"
 
 
 def collapsible_layers(model):
@@ -124,76 +123,10 @@ def lock_linear(model, layers):
     return chosen
 
 
-def lock_near_linear(
-    model, tolerance=0.05, *, objective="activations", exact=True, cost_model=None
-):
-    """Locks every collapsible activation whose alpha is within `tolerance`
-    of 1 (LayerCollapse's collapse condition), snapping it to exactly 1.
-
-    Args:
-        model: a `keras.Model`.
-        tolerance: float, the largest `|alpha - 1|` (over all of a layer's
-            alphas) that counts as linear. Defaults to `0.05`.
-        objective: "activations" locks every near-linear one; "depth" /
-            "latency" only those in a merge unit of near-linear activations
-            that buys something (`keras_collapse.merge_units`): the others
-            stay free, since locking them would save nothing. Defaults to
-            `"activations"`.
-        exact: bool, the surgery's `exact`, for the merge units. Defaults to
-            `True`.
-        cost_model: the surgery's cost model, for the merge units. Defaults
-            to `None` (`MacCostModel()`).
-
-    Returns:
-        list of the layers that were locked (already-locked ones excluded).
-    """
-    check_objective(objective)
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, (int, float))
-        or not (0 <= tolerance < 1)
-    ):
-        raise ValueError(
-            f"`tolerance` must be a number in [0, 1). Received: tolerance={tolerance!r}"
-        )
-    sync_training_state(model)
-    chosen = [
-        layer
-        for layer in collapsible_layers(model)
-        if not layer.is_locked
-        and float(np.max(np.abs(layer.alpha_numpy() - 1.0))) <= tolerance
-    ]
-    if objective != "activations" and chosen:
-        units = merge_units(
-            model,
-            candidates=[layer.name for layer in chosen],
-            exact=exact,
-            cost_model=cost_model,
-        ).for_objective(objective)
-        members = {name for unit in units for name in unit.activations}
-        chosen = [layer for layer in chosen if layer.name in members]
-    for layer in chosen:
-        layer.lock_linear()
-    if not chosen:
-        _say_nearest(model, tolerance, objective)
-    return chosen
-
-
-def _say_nearest(model, tolerance, objective):
-    """Warns how close the nearest slopes came when nothing was locked."""
-    free = [layer for layer in collapsible_layers(model) if not layer.is_locked]
-    if not free:
-        return
-    distance = {
-        layer.name: float(np.max(np.abs(layer.alpha_numpy() - 1.0))) for layer in free
-    }
-    nearest = sorted(distance.items(), key=lambda item: item[1])[:3]
-    shown = ", ".join(f"{name} at |alpha - 1| = {d:.3g}" for name, d in nearest)
-    scope = "" if objective == "activations" else f" in a merge unit ({objective})"
-    warnings.warn(
-        f"lock_near_linear locked nothing{scope}: no slope of model "
-        f"'{model.name}' came within tolerance={tolerance:g} of 1. The nearest: "
-        f"{shown}. Train longer, pull harder (`LinearityRegularizer(factor)`), "
-        "or raise `tolerance`.",
-        stacklevel=2,
-    )
+def __getattr__(name):
+    # Earlier releases defined `lock_near_linear` here; it moved above the
+    # surgery (`keras_collapse.actions.locking`), which it consults. The old
+    # path stays for users' code, resolved by name like a moved module.
+    if name == "lock_near_linear":
+        return getattr(importlib.import_module(_LOCKING), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,9 +7,7 @@ Conv/Dense) by `CollapsibleActivation` / `CollapsiblePReLU` layers at
 """
 
 import collections
-import inspect
 import math
-import typing
 import warnings
 
 import keras
@@ -18,31 +16,18 @@ import numpy as np
 from keras_collapse.graph import Graph
 from keras_collapse.graph import Ref
 from keras_collapse.graph import keras_internals
+from keras_collapse.graph import kinds
+from keras_collapse.graph import rewrite
 from keras_collapse.graph.ir import unrolled_prefix
+from keras_collapse.graph.kinds import FUSED_TYPES
+from keras_collapse.graph.kinds import activation_spec
+from keras_collapse.graph.kinds import is_fused_activation
+from keras_collapse.graph.names import Names
 from keras_collapse.layers import CollapsibleActivation
 from keras_collapse.layers import CollapsiblePReLU
 from keras_collapse.layers.collapsible_activation import check_trainable_alpha
-from keras_collapse.layers.collapsible_activation import resolve_activation
 from keras_collapse.layers.collapsible_activation import resolve_alpha_scale
-from keras_collapse.passes import kinds
 
-# Layers whose `activation=` argument fuses an activation after the linear op.
-FUSED_TYPES = (
-    keras.layers.Dense,
-    keras.layers.EinsumDense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
-
-# Rectifier-like activations: what `make_collapsible` converts by default.
 DEFAULT_KINDS = (
     "relu",
     "relu6",
@@ -79,119 +64,6 @@ _SUB_OBJECTS = (
     keras.regularizers.Regularizer,
     keras.constraints.Constraint,
 )
-
-
-class ActivationSpec(typing.NamedTuple):
-    """The elementwise activation a node applies.
-
-    `name` and `kwargs` are the `keras.activations` function and its keyword
-    arguments, normalized: a ReLU capped at 6 is `("relu6", {})`, a ReLU with
-    only a negative slope `("leaky_relu", {"negative_slope": s})`. `alpha` is
-    the slope of a `keras.layers.PReLU` (then `name` is `"relu"`), else None.
-    """
-
-    name: str
-    kwargs: dict
-    alpha: np.ndarray | None = None
-
-    @property
-    def kind(self):
-        """The name `make_collapsible(activations=...)` selects it by."""
-        return "prelu" if self.alpha is not None else self.name
-
-
-def activation_spec(node):
-    """Returns the `ActivationSpec` of a graph node, or None.
-
-    A node is an activation when it calls a `keras.layers.ReLU`, `LeakyReLU`,
-    `ELU`, `PReLU` or `Activation` layer, a raw activation operation (a
-    `keras.ops` or `keras.activations` call on a KerasTensor), or a stock
-    Conv/Dense layer (`FUSED_TYPES`) with a fused `activation`; and when that
-    activation is elementwise (softmax, linear and unknown functions are not).
-    A ReLU with a nonzero `threshold` is reported with its `threshold`.
-
-    Args:
-        node: a `keras_collapse.graph.Node`.
-
-    Returns:
-        `ActivationSpec` or None.
-
-    Example:
-
-    >>> x = keras.Input((4,))
-    >>> y = keras.layers.ReLU(max_value=6.0)(x)
-    >>> graph = Graph.from_model(keras.Model(x, y))
-    >>> activation_spec(graph.layer_nodes()[0])  # counted as relu6
-    ActivationSpec(name='relu6', kwargs={}, alpha=None)
-    """
-    if node.is_input or len(node.input_refs) != 1:
-        return None
-    layer = node.layer
-    kind = type(layer)
-    if kind is keras.layers.ReLU:
-        return _spec(
-            "relu",
-            {
-                "negative_slope": layer.negative_slope,
-                "max_value": layer.max_value,
-                "threshold": layer.threshold,
-            },
-        )
-    if kind is keras.layers.LeakyReLU:
-        return _spec("leaky_relu", {"negative_slope": layer.negative_slope})
-    if kind is keras.layers.ELU:
-        return _spec("elu", {"alpha": layer.alpha})
-    if kind is keras.layers.PReLU:
-        return ActivationSpec("relu", {}, np.asarray(layer.get_weights()[0]))
-    if kind is keras.layers.Activation or is_fused_activation(layer):
-        return _spec(*kinds.activation_spec(layer.activation))
-    if isinstance(layer, keras.layers.Layer):
-        return None
-    name = kinds.OP_ACTIVATIONS.get(type(layer).__name__)
-    if name is None:
-        return None
-    return _spec(name, _op_kwargs(layer, name))
-
-
-def is_fused_activation(layer):
-    """Whether `layer` is a stock Conv/Dense with a non-linear fused activation."""
-    return (
-        type(layer) in FUSED_TYPES
-        and kinds.activation_name(layer.activation) != "linear"
-    )
-
-
-def _op_kwargs(operation, name):
-    """The activation's keyword arguments, read from the operation's attributes
-    (e.g. `approximate` of Gelu, `negative_slope` of LeakyRelu)."""
-    params = list(inspect.signature(keras.activations.get(name)).parameters)[1:]
-    return {p: getattr(operation, p) for p in params if hasattr(operation, p)}
-
-
-def _spec(name, kwargs):
-    if name == "relu":
-        name, kwargs = _normalize_relu(**kwargs)
-    try:
-        name, _, kwargs = resolve_activation(name, kwargs)
-    except ValueError:  # not elementwise, linear, or unknown
-        return None
-    return ActivationSpec(name, kwargs)
-
-
-def _normalize_relu(negative_slope=0.0, max_value=None, threshold=0.0):
-    slope = float(negative_slope or 0.0)
-    cap = None if max_value is None else float(max_value)
-    if threshold:
-        kwargs = {"negative_slope": slope, "max_value": cap}
-        kwargs = {k: v for k, v in kwargs.items() if v}
-        return "relu", {**kwargs, "threshold": float(threshold)}
-    if slope == 0.0 and cap is None:
-        return "relu", {}
-    if slope == 0.0 and cap == 6.0:
-        return "relu6", {}
-    if cap is None:
-        return "leaky_relu", {"negative_slope": slope}
-    return "relu", {"negative_slope": slope, "max_value": cap}
 
 
 def make_collapsible(
@@ -285,7 +157,7 @@ def make_collapsible(
     >>> x = keras.Input((8,))
     >>> h = keras.layers.Dense(16, activation="relu", name="fc1")(x)
     >>> model = keras.Model(x, keras.layers.Dense(2, name="out")(h))
-    >>> new = make_collapsible(model)
+    >>> new = kc.make_collapsible(model)
     >>> [layer.name for layer in new.layers][1:]  # fc1 split in two
     ['fc1', 'fc1_relu', 'out']
     """
@@ -419,12 +291,12 @@ def _matches(node, spec, kinds_, names, predicate):
 
 
 def _default_choice(graph, found):
-    readers = graph.consumers()
+    readers = rewrite.readers(graph)
     return [
         (node, spec)
         for node, spec in found
         if spec.kind in DEFAULT_KINDS
-        and not any(_is_gate_or_output(r) for r in readers.get(Ref(node.id), []))
+        and not any(_is_gate_or_output(r) for r in readers.of(Ref(node.id)))
     ]
 
 
@@ -517,7 +389,9 @@ def _warn_opaque(graph):
 
 # ---------------------------------------------------------------- converting
 def _convert(graph, chosen, options, shared_axes):
-    names = _NameBook(graph, [n for n, _ in chosen if not is_fused_activation(n.layer)])
+    names = _names_book(
+        graph, [n for n, _ in chosen if not is_fused_activation(n.layer)]
+    )
     replacements, linear_clones = {}, {}
     for node, spec in chosen:
         source = node.layer
@@ -536,12 +410,13 @@ def _convert(graph, chosen, options, shared_axes):
             if id(source) not in linear_clones:
                 linear_clones[id(source)] = _without_activation(source)
             _split(graph, node, linear_clones[id(source)], collapsible)
-        else:
-            (ref,) = node.input_refs
-            node.layer, node.args, node.kwargs = collapsible, (ref,), {}
+            continue
+        weights = None
         if spec.alpha is not None:  # a PReLU's slope, stored over the scale
             stored = np.asarray(spec.alpha, "float32") / collapsible.alpha_scale
-            node.weights = [stored, np.zeros((), "float32")]
+            weights = [stored, np.zeros((), "float32")]
+        (ref,) = node.input_refs
+        rewrite.set_layer(graph, node, collapsible, weights, args=(ref,))
 
 
 def _collapsible_layer(source, spec, name, options, shared_axes):
@@ -574,29 +449,15 @@ def _without_activation(layer):
 
 def _split(graph, node, linear, collapsible):
     """Makes `node` call `linear` and inserts `collapsible` after it."""
-    node.weights = node.layer.get_weights()
-    node.layer = linear
-    after = graph.add(collapsible, shapes=node.shapes, dtypes=node.dtypes)
-    graph.replace_uses(Ref(node.id), Ref(after.id))
-    after.args = (Ref(node.id),)
+    rewrite.set_layer(graph, node, linear, node.layer.get_weights())
+    rewrite.insert_after(graph, node, collapsible)
 
 
-class _NameBook:
-    """Unique operation names: Keras requires them within a model."""
-
-    def __init__(self, graph, replaced):
-        gone = {id(n.layer) for n in replaced}
-        self.used = {
-            _name(n.layer) for n in graph.layer_nodes() if id(n.layer) not in gone
-        }
-
-    def take(self, name):
-        candidate, i = name, 0
-        while candidate in self.used:
-            i += 1
-            candidate = f"{name}_{i}"
-        self.used.add(candidate)
-        return candidate
+def _names_book(graph, replaced):
+    """Unique operation names: every name but those of the layers
+    `replaced` (their replacements take them over) is taken."""
+    gone = {id(n.layer) for n in replaced}
+    return Names(_name(n.layer) for n in graph.layer_nodes() if id(n.layer) not in gone)
 
 
 def _names(node):

@@ -37,7 +37,11 @@ class ZeroMask(keras.constraints.Constraint):
 
     Example:
 
-    >>> layer = keras.layers.Dense(4, kernel_constraint=ZeroMask(mask))
+    >>> mask = np.array([[True, False], [False, False]])
+    >>> constraint = kc.masks.ZeroMask(mask)
+    >>> keras.ops.convert_to_numpy(constraint(np.ones((2, 2)))).tolist()
+    [[0.0, 1.0], [1.0, 1.0]]
+    >>> layer = keras.layers.Dense(2, kernel_constraint=constraint)
     """
 
     def __init__(self, mask, inner=None):
@@ -158,8 +162,15 @@ def hold_at_zero(layer, weight_name, mask):
 
     Example:
 
-    >>> held = hold_at_zero(model.get_layer("conv"), "kernel", np.abs(w) < 1e-3)
-    >>> held.undo()
+    >>> layer = keras.layers.Dense(3)
+    >>> layer.build((None, 2))
+    >>> kernel = np.array([[1e-4, 1.0, 2.0], [3.0, -1e-5, 4.0]])
+    >>> layer.set_weights([kernel, np.zeros(3)])
+    >>> mask = np.abs(kernel) < 1e-3
+    >>> held = kc.masks.hold_at_zero(layer, "kernel", mask)
+    >>> keras.ops.convert_to_numpy(layer.kernel).tolist()  # zero now and in fit
+    [[0.0, 1.0, 2.0], [3.0, 0.0, 4.0]]
+    >>> held.undo()  # the constraint the kernel had before
     """
     variable = _variable(layer, weight_name)
     attribute = _constraint_attribute(layer, weight_name)

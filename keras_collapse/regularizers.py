@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_collapse.checks import check_number
+
 
 @keras.saving.register_keras_serializable(package="keras_collapse")
 class LinearityRegularizer(keras.regularizers.Regularizer):
@@ -20,26 +22,17 @@ class LinearityRegularizer(keras.regularizers.Regularizer):
 
     Example:
 
-    >>> reg = LinearityRegularizer(factor=0.5)
+    >>> reg = kc.LinearityRegularizer(factor=0.5)
+    >>> # 0.5 * ((1 - 0)^2 + (1 - 1)^2 + (1 - 0.5)^2) = 0.5 * 1.25
     >>> float(reg(keras.ops.convert_to_tensor([0.0, 1.0, 0.5])))
     0.625
-    >>> # 0.5 * ((1 - 0)^2 + (1 - 1)^2 + (1 - 0.5)^2) = 0.5 * 1.25
 
     Reference:
         LayerCollapse, arXiv 2311.17943.
     """
 
     def __init__(self, factor=0.2):
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-            raise ValueError(
-                "`factor` must be a non-negative number. "
-                f"Received: factor={factor!r} of type {type(factor).__name__}"
-            )
-        if not factor >= 0 or factor == float("inf"):
-            raise ValueError(
-                f"`factor` must be a finite number >= 0. Received: factor={factor}"
-            )
-        self.factor = float(factor)
+        self.factor = check_number("factor", factor, low=0, what="the pull")
 
     def __call__(self, x):
         return self.factor * ops.sum(ops.square(1.0 - x))

@@ -1,9 +1,14 @@
 """Rules of the codebase that a reviewer would otherwise have to remember."""
 
+import importlib
 import pathlib
 import re
 import shutil
 import subprocess
+import sys
+import warnings
+
+import pytest
 
 import keras_collapse
 from tests.testing import require
@@ -57,3 +62,51 @@ def test_ruff_clean():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(keras_collapse._INTERNALS))
+def test_old_top_level_names_still_resolve(name):
+    # Earlier releases exported these at the top level: users' code may
+    # still say `kc.<name>`; they left `__all__` only.
+    assert name not in keras_collapse.__all__
+    value = getattr(keras_collapse, name)
+    home = importlib.import_module(keras_collapse._INTERNALS[name])
+    assert getattr(home, name) is value
+
+
+@pytest.mark.parametrize("old", sorted(keras_collapse._MOVED))
+def test_moved_module_paths_still_import(old):
+    new = importlib.import_module(keras_collapse._MOVED[old])
+    # The alias only: an earlier import in this process would hide the warning.
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="moved to"):
+        module = importlib.import_module(old)
+    assert module is new
+
+
+# Where the last release's top-level names were defined, for the modules
+# that moved: `from <old module> import <name>` in users' code still works.
+OLD_HOMES = {
+    "keras_collapse.cost_model": ["MacCostModel", "MeasuredCostModel"],
+    "keras_collapse.inspection": ["Inspection", "inspect"],
+    "keras_collapse.linearize": ["linearize"],
+    "keras_collapse.prune": [
+        "allocate_budget",
+        "prunable_layers",
+        "prune_by_count",
+        "prune_by_fraction",
+        "sparsity",
+    ],
+    "keras_collapse.recalibrate": ["recalibrate_batchnorm"],
+    "keras_collapse.units": ["MergeUnit", "MergeUnits", "merge_units"],
+    "keras_collapse.verify": ["VerificationError"],
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_HOMES))
+def test_old_modules_still_hold_their_names(old):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = importlib.import_module(old)
+    for name in OLD_HOMES[old]:
+        assert getattr(module, name) is getattr(keras_collapse, name), name

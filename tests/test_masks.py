@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
-from keras_collapse.linearize import ZeroChannels
-from keras_collapse.linearize import rebuild_train_function
+from keras_collapse.actions.linearize import ZeroChannels
+from keras_collapse.actions.linearize import rebuild_train_function
 from keras_collapse.masks import ZeroMask
 from keras_collapse.masks import held_mask
 from keras_collapse.masks import hold_at_zero
@@ -20,7 +20,7 @@ from tests.testing import TestCase
 
 # What `keras.constraints.serialize(ZeroChannels(...))` gave before ZeroMask.
 OLD_CONFIG = {
-    "module": "keras_collapse.linearize",
+    "module": "keras_collapse.actions.linearize",
     "class_name": "ZeroChannels",
     "config": {
         "mask": [True, False, True],

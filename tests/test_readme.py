@@ -275,3 +275,43 @@ def test_api_table_signature(name, args):
 def test_api_table_is_read():
     names = {name for name, _ in API}
     assert {"surgery", "make_collapsible", "TLCCallback", "lock_near_linear"} <= names
+
+
+def api_tables():
+    """`(public, internal)`: the code names in the first column of the API
+    table and of its "Results and internals" table."""
+    section = README.read_text().split("## API", 1)[1].split("\n## ", 1)[0]
+    public, internal = section.split("### Results and internals", 1)
+
+    def first_column_names(text):
+        names = set()
+        for row in text.splitlines():
+            if row.startswith("| `"):
+                first = row.split(" | ")[0]
+                names |= set(re.findall(r"`(\w+)(?:\(.*?\))?`", first))
+        return names
+
+    return first_column_names(public), first_column_names(internal)
+
+
+def test_api_table_documents_every_public_name():
+    public, _ = api_tables()
+    missing = sorted(set(kc.__all__) - public)
+    assert not missing, f"in kc.__all__ but not in README's API table: {missing}"
+    # A row for a name users cannot reach at kc.<name> would mislead.
+    unknown = sorted(n for n in public if not hasattr(kc, n) and n != "layer")
+    assert not unknown, f"README's API table lists names kc lacks: {unknown}"
+
+
+def test_api_table_says_where_the_internals_went():
+    _, internal = api_tables()
+    missing = sorted(set(kc._INTERNALS) - internal)
+    assert not missing, f"old top-level names the README does not place: {missing}"
+    assert not internal & set(kc.__all__), "a public name listed as internal"
+
+
+def test_layout_lists_every_moved_module():
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    row = re.compile(r"^\| `(keras_collapse[\w.]*)` \| `([\w.]+)` \|$", re.M)
+    rows = dict(row.findall(layout))
+    assert rows == kc._MOVED

@@ -189,6 +189,7 @@ def einsum_macs(equation, kernel_shape, output_shape):
 
     Example:
 
+    >>> from keras_collapse.algebra import einsum_macs
     >>> einsum_macs("abc,cd->abd", (16, 32), (10, 32))  # 10 tokens
     5120
     """
@@ -218,6 +219,7 @@ def attention_macs(
 
     Example:
 
+    >>> from keras_collapse.algebra import attention_macs
     >>> attention_macs((10, 16), (10, 16), (10, 16), 2, 8, 8, 16)
     13440
     """

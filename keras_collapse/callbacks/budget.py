@@ -6,23 +6,20 @@ import math
 
 import numpy as np
 
-from keras_collapse.units import check_objective
-from keras_collapse.units import merge_units
+from keras_collapse.checks import check_fraction
+from keras_collapse.surgery.units import check_objective
+from keras_collapse.surgery.units import merge_units
 
 
 def check_target(target):
     """`target` as a float in (0, 1]; a ValueError otherwise."""
-    if (
-        isinstance(target, bool)
-        or not isinstance(target, (int, float, np.integer, np.floating))
-        or not 0 < target <= 1
-    ):
-        raise ValueError(
-            "`target` must be a number in (0, 1], the fraction to remove (of "
-            "the candidate activations, of the depth, or of the latency). "
-            f"Received: target={target!r}"
-        )
-    return float(target)
+    return check_fraction(
+        "target",
+        target,
+        one=True,
+        what="the fraction to remove (of the candidate activations, of the "
+        "depth, or of the latency)",
+    )
 
 
 @dataclasses.dataclass

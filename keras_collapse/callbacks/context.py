@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_collapse.actions.linearize import linearize_pairs
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.graph import Graph
 from keras_collapse.scores.statistics import statistics_on_graph
@@ -67,6 +68,16 @@ class DecisionContext:
                 "`validation_data=(x, y)`."
             )
         return evaluate_sample(self.model, self.sample, self.batch_size, self.trainer)
+
+    def loss_if_linearized(self, pair, off):
+        """The sample loss with `pair` linearized (channels `off` zeroed),
+        the model put back as it was afterwards."""
+        records = linearize_pairs(self.model, [pair], [off], constrain=False)
+        try:
+            return self.evaluate()["loss"]
+        finally:
+            for record in records:
+                record.undo()
 
     def statistics(self, pairs):
         """`ActivationStatistics` of the candidates over the data sample,

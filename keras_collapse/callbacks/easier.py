@@ -29,9 +29,11 @@ class EASIERCallback(LinearizationCallback):
             PyDataset, DataLoader or any iterable of batches).
         validation_data: labelled `(x, y)` data for the guard, or None.
             Defaults to `None`.
-        samples: int, the rows of the fixed samples. Defaults to `1024`.
-        zero_entropy: float, the entropy (bits) at or below which a layer is
-            linear on the sample and taken along. Defaults to `1e-6`.
+        samples: int >= 1, the rows of the fixed samples. Defaults to
+            `1024`.
+        zero_entropy: float >= 0, the entropy (bits) at or below which a
+            layer is linear on the sample and taken along. Defaults to
+            `1e-6`.
         **kwargs: the engine's arguments: `warmup_epochs` (1), `interval`
             (2), `ramp_epochs` (1), `monitor`, `tolerance`, `patience` (3),
             `max_layers`, `candidates`, `recalibrate`, `batch_size`, `seed`,
@@ -40,10 +42,10 @@ class EASIERCallback(LinearizationCallback):
 
     Example:
 
-    >>> easier = keras_collapse.EASIERCallback(data=x_train[:2048])
-    >>> model.fit(x_train, y_train, epochs=12, callbacks=[easier])
-    >>> easier.linearized
-    >>> small = keras_collapse.surgery(model)
+        easier = keras_collapse.EASIERCallback(data=x_train[:2048])
+        model.fit(x_train, y_train, epochs=12, callbacks=[easier])
+        easier.linearized
+        small = keras_collapse.surgery(model)
 
     Reference:
         EASIER, arXiv 2404.18949.

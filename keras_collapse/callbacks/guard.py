@@ -7,6 +7,8 @@ Keras does; a metric that does not say is a ValueError naming `mode`).
 
 import math
 
+from keras_collapse.checks import check_choice
+from keras_collapse.checks import check_number
 from keras_collapse.graph import keras_internals
 
 MODES = ("auto", "min", "max")
@@ -18,19 +20,14 @@ def check_monitor(monitor, mode, tolerance):
         raise ValueError(
             f"`monitor` must be 'auto' or a metric name. Received: monitor={monitor!r}"
         )
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(
-            f"`mode` must be one of {list(MODES)}. Received: mode={mode!r}"
-        )
-    if tolerance is not None and (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, (int, float))
-        or not tolerance >= 0
-    ):
-        raise ValueError(
-            f"`tolerance` must be a number >= 0 or None. Received: "
-            f"tolerance={tolerance!r}"
-        )
+    check_choice("mode", mode, MODES)
+    check_number(
+        "tolerance",
+        tolerance,
+        0,
+        allow_none=True,
+        what="the drop of the monitored value a change may cost",
+    )
 
 
 def accuracy_key(logs, prefix=""):
@@ -64,9 +61,10 @@ class Guard:
             metric: "loss" (and `val_loss`) is minimized; a compiled metric
             says its own direction (accuracies, AUC: up; a loss used as a
             metric: down), as Keras' `MonitorCallback` reads it.
-        tolerance: float >= 0 or None, how far the value may fall: absolute
-            when maximized (0.01 is one point of accuracy), relative when
-            minimized (0.05 is 5 %). None: 0.02 and 0.05.
+        tolerance: float >= 0 or None, the drop of the monitored value a
+            change may cost and still be kept: absolute when maximized (0.01
+            is one point of accuracy), relative when minimized (0.05 is 5 %
+            more loss). None: 0.02 and 0.05.
     """
 
     def __init__(self, monitor="auto", mode="auto", tolerance=None):

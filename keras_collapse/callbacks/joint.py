@@ -12,54 +12,45 @@ activation), BatchNorm is re-estimated and the network recovers with the
 set fixed. Three phases, as shares of the fit's training steps:
 
     search (`search`)  |  polarize (`polarize`)  |  recovery (the rest)
-"""
 
-import math
+The callback is put together from its set-up at train begin
+(`joint_setup`), its phase plan (`joint_phases`) and its gates
+(`joint_gates`); the budget and its multiplier are `budget`'s.
+"""
 
 import keras
 import numpy as np
 
 from keras_collapse import data as data_lib
-from keras_collapse.callbacks.budget import Budget
-from keras_collapse.callbacks.budget import Multiplier
+from keras_collapse.actions.linearize import rebuild_train_function
+from keras_collapse.actions.recalibrate import BatchNormRecalibrator
+from keras_collapse.callbacks.arguments import check_candidates
+from keras_collapse.callbacks.arguments import check_cost_model
+from keras_collapse.callbacks.arguments import check_data
 from keras_collapse.callbacks.budget import check_target
-from keras_collapse.callbacks.context import DecisionContext
 from keras_collapse.callbacks.context import student_of
+from keras_collapse.callbacks.joint_gates import CHOSEN  # noqa: F401
+from keras_collapse.callbacks.joint_gates import PINNED  # noqa: F401
+from keras_collapse.callbacks.joint_gates import Gates
+from keras_collapse.callbacks.joint_phases import CROSSINGS  # noqa: F401
+from keras_collapse.callbacks.joint_phases import POLARIZE  # noqa: F401
+from keras_collapse.callbacks.joint_phases import RECOVERY
+from keras_collapse.callbacks.joint_phases import SEARCH
+from keras_collapse.callbacks.joint_phases import Phases
+from keras_collapse.callbacks.joint_setup import JointPreparation
+from keras_collapse.checks import check_bool
+from keras_collapse.checks import check_fraction
+from keras_collapse.checks import check_int
+from keras_collapse.checks import check_number
 from keras_collapse.collapsible import sync_training_state
-from keras_collapse.linearize import rebuild_train_function
-from keras_collapse.recalibrate import BatchNormRecalibrator
-from keras_collapse.scores.pairs import find_pairs
-from keras_collapse.scores.scorers import BatchNormScorer
-from keras_collapse.scores.scorers import EntropyScorer
-from keras_collapse.scores.scorers import GaussianScorer
-from keras_collapse.scores.scorers import as_scorer
-from keras_collapse.units import check_objective
+from keras_collapse.surgery.units import check_objective
 
-SEARCH, POLARIZE, RECOVERY = "search", "polarize", "recovery"
-# The hard set's marks on a gate's range: a saved model carries them, so a
-# fit resumed after the hard set finds the set in the model.
-CHOSEN, PINNED = (1.0, 1.0), (0.0, 0.0)
-# An "auto" gate scale lets a gate at full speed cross [0, 1] this many times
-# during the search: fast enough to settle, slow enough to follow the loss.
-CROSSINGS = 2.0
 PRIORS = ("tlc", "easier")
 
 
-def _check_share(name, value, low_open=True):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not ((0 < value) if low_open else (0 <= value))
-        or not value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a fraction of the training steps in "
-            f"{'(0' if low_open else '[0'}, 1). Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-class JointLinearizationCallback(keras.callbacks.Callback):
+class JointLinearizationCallback(
+    Gates, Phases, JointPreparation, keras.callbacks.Callback
+):
     """Learns every linearization at once during one `fit`, to a target.
 
     Each candidate collapsible activation's slope `alpha` (`y = alpha * x +
@@ -153,11 +144,11 @@ class JointLinearizationCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> model = keras_collapse.make_collapsible(model, trainable_alpha=True)
-    >>> model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
-    >>> joint = keras_collapse.JointLinearizationCallback(0.5, data=x_train)
-    >>> model.fit(x_train, y_train, epochs=4, callbacks=[joint])
-    >>> small = keras_collapse.surgery(model)  # half the activations merged
+        model = keras_collapse.make_collapsible(model, trainable_alpha=True)
+        model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        joint = keras_collapse.JointLinearizationCallback(0.5, data=x_train)
+        model.fit(x_train, y_train, epochs=4, callbacks=[joint])
+        small = keras_collapse.surgery(model)  # half the activations merged
 
     Reference:
         DepthShrinker, arXiv 2206.00843; SNL (selective network
@@ -188,24 +179,17 @@ class JointLinearizationCallback(keras.callbacks.Callback):
         super().__init__()
         self.target = check_target(target)
         self.objective = check_objective(objective)
-        self.search = _check_share("search", search)
-        self.polarize = _check_share("polarize", polarize)
+        share = "a fraction of the training steps"
+        self.search = check_fraction("search", search, what=share)
+        self.polarize = check_fraction("polarize", polarize, what=share)
         if self.search + self.polarize >= 1:
             raise ValueError(
                 "`search + polarize` must be below 1, leaving steps to recover "
                 f"with the set fixed. Received: search={search}, polarize={polarize}"
             )
-        if not (
-            gate_lr_scale == "auto"
-            or (
-                isinstance(gate_lr_scale, (int, float))
-                and not isinstance(gate_lr_scale, bool)
-                and 0 < gate_lr_scale < math.inf
-            )
-        ):
-            raise ValueError(
-                "`gate_lr_scale` must be 'auto' or a finite number > 0. "
-                f"Received: gate_lr_scale={gate_lr_scale!r}"
+        if gate_lr_scale != "auto":
+            check_number(
+                "gate_lr_scale", gate_lr_scale, 0, low_open=True, what="or 'auto'"
             )
         if prior is not None and not (
             (isinstance(prior, str) and prior in PRIORS) or callable(prior)
@@ -219,42 +203,14 @@ class JointLinearizationCallback(keras.callbacks.Callback):
                 "`prior='easier'` measures entropy over data: pass `data=`. "
                 "Received: data=None"
             )
-        if candidates is not None and (
-            isinstance(candidates, str)
-            or not all(isinstance(c, str) for c in candidates)
-        ):
-            raise ValueError(
-                "`candidates` must be a list of activation layer names or None. "
-                f"Received: candidates={candidates!r}"
-            )
-        if not isinstance(exact, bool):
-            raise ValueError(f"`exact` must be True or False. Received: {exact!r}")
-        if cost_model is not None and not callable(cost_model):
-            raise ValueError(
-                "`cost_model` must be callable as cost_model(kind, kernel_shape, "
-                f"output_positions), or None. Received: {cost_model!r}"
-            )
-        for name, value, minimum in (
-            ("samples", samples, 1),
-            ("batch_size", batch_size, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}"
-                )
-        if data is not None and isinstance(data, (int, float, str, bytes)):
-            raise ValueError(
-                "`data` must be arrays or an iterable of batches. Received: "
-                f"{type(data).__name__}"
-            )
-        self.data = data
+        self.data = check_data("data", data)
         self.gate_lr_scale = gate_lr_scale
         self.prior = prior
-        self.candidates = None if candidates is None else list(candidates)
-        self.exact = exact
-        self.cost_model = cost_model
-        self.samples = samples
-        self.batch_size = batch_size
+        self.candidates = check_candidates(candidates)
+        self.exact = check_bool("exact", exact)
+        self.cost_model = check_cost_model(cost_model)
+        self.samples = check_int("samples", samples, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = seed
         self.verbose = verbose
 
@@ -285,166 +241,6 @@ class JointLinearizationCallback(keras.callbacks.Callback):
         self._step = None  # set at the first epoch (a resumed fit starts later)
         self._phase = None
         self._hard = None
-
-    def _candidate_layers(self):
-        pairs = find_pairs(self._student)
-        if not pairs:
-            raise ValueError(
-                f"{self.method} found no collapsible activation in model "
-                f"'{self._student.name}'. Convert its activations first: "
-                "`model = keras_collapse.make_collapsible(model, "
-                "trainable_alpha=True)` (then compile and fit that model)."
-            )
-        names = [p.activation.name for p in pairs]
-        unknown = sorted(set(self.candidates or ()) - set(names))
-        if unknown:
-            raise ValueError(
-                "`candidates` names layers that are not collapsible activations "
-                f"of model '{self._student.name}': {unknown}. Available: {names}"
-            )
-        allowed = set(self.candidates) if self.candidates is not None else None
-        layers = [
-            p.activation
-            for p in pairs
-            if (allowed is None or p.activation.name in allowed)
-            and (not p.activation.is_locked or p.activation.alpha_range == CHOSEN)
-            and not (p.activation.alpha_range is None and p.activation.is_linear)
-        ]
-        self._decided = bool(layers) and all(
-            layer.alpha_range in (CHOSEN, PINNED) for layer in layers
-        )
-        if not self._decided:  # a set chosen before is not chosen again
-            layers = [layer for layer in layers if not layer.is_locked]
-        if not layers:
-            raise ValueError(
-                f"{self.method}: every collapsible activation of model "
-                f"'{self._student.name}' is linear already; nothing to learn."
-            )
-        return layers
-
-    def _check_trainable(self):
-        trainable = {id(v) for v in self._trainer.trainable_variables}
-        frozen = [
-            layer.name for layer in self._layers if id(layer.alpha) not in trainable
-        ]
-        if frozen:
-            raise ValueError(
-                f"{self.method} trains each activation's slope as a gate, but "
-                f"the slopes of {frozen[:5]}{' ...' if len(frozen) > 5 else ''} "
-                "are not trainable variables of the compiled model. Convert with "
-                "`keras_collapse.make_collapsible(model, trainable_alpha=True)` "
-                "(or use `keras_collapse.collapse`, which does it) and compile "
-                "that model."
-            )
-
-    def _budget_setup(self):
-        if self._decided:  # nothing left to choose: a fit resumed after the set
-            self.budget = None
-            return
-        sync_training_state(self._trainer)
-        try:
-            self.budget = Budget.plan(
-                self._student,
-                [layer.name for layer in self._layers],
-                self.objective,
-                self.target,
-                self.exact,
-                self.cost_model,
-            )
-        except ValueError as e:
-            raise ValueError(f"{self.method}: {e}") from None
-        kept = set(self.budget.names)
-        self._layers = [layer for layer in self._layers if layer.name in kept]
-
-    def _priors(self):
-        """Per candidate, the prior's rank in [0, 1] (0 safest), or None."""
-        if self.prior is None or self._decided:
-            return None
-        if self.prior == "tlc":
-            scorer = GaussianScorer() if self._sample is not None else BatchNormScorer()
-        elif self.prior == "easier":
-            scorer = EntropyScorer()
-        else:
-            scorer = as_scorer(self.prior)
-        pairs = [p for p in find_pairs(self._student) if p.activation in self._layers]
-        context = DecisionContext(
-            self._student,
-            trainer=self._trainer,
-            data=self._sample,
-            rng=np.random.default_rng(self.seed),
-            batch_size=self.batch_size,
-            verbose=self.verbose,
-        )
-        sync_training_state(self._trainer)
-        ranked = scorer(context, pairs)
-        order = {s.pair.activation.name: i for i, s in enumerate(ranked)}
-        last = max(len(ranked) - 1, 1)
-        # Unscored candidates rank last.
-        return np.array(
-            [order.get(layer.name, last) / last for layer in self._layers], float
-        )
-
-    # ----------------------------------------------------------- phases
-    def _plan(self, epoch):
-        """Steps per epoch, the phase boundaries, and the gates' step size,
-        from the fit's parameters (at the first epoch of this fit)."""
-        steps = (self.params or {}).get("steps")
-        epochs = (self.params or {}).get("epochs") or 1
-        self._steps_per_epoch = steps
-        total = steps * epochs if steps else None
-        self._total = total
-        if total:
-            self._search_end = max(1, round(self.search * total))
-            self._hard_step = max(
-                self._search_end + 1, round((self.search + self.polarize) * total)
-            )
-        else:  # unknown length: by epochs
-            self._search_end = self._hard_step = None
-            self._search_epochs = max(1, round(self.search * epochs))
-            self._hard_epoch = max(
-                self._search_epochs + 1, round((self.search + self.polarize) * epochs)
-            )
-        search_steps = self._search_end or self._search_epochs * 100
-        lr = self._learning_rate()
-        if self.gate_lr_scale == "auto":
-            scale = CROSSINGS / (search_steps * lr)
-        else:
-            scale = float(self.gate_lr_scale)
-        self._scale = float(2.0 ** round(math.log2(scale)))
-        self._lr = lr
-        # The largest move of a gate per Adam step, and the controller's pace.
-        self._adam_step = self._scale * lr
-        # At a full deficit the multiplier reaches a whole Adam step's pull
-        # in a quarter of the search.
-        self.multiplier = Multiplier(4.0 / search_steps)
-        # Strong enough to cross [0, 1] in half the polarization (the set is
-        # fixed for its second half) against a full Adam step the other way.
-        self._push = 4.0 / max(1, (self._hard_step or 100) - (self._search_end or 0))
-        self._step = epoch * steps if steps else 0
-
-    def _learning_rate(self):
-        optimizer = getattr(self._trainer, "optimizer", None)
-        rate = getattr(optimizer, "learning_rate", None)
-        try:
-            value = float(keras.ops.convert_to_numpy(rate))
-        except (TypeError, ValueError):
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"{self.method} sets the gates' step from the optimizer's learning "
-                f"rate, which it could not read as a number > 0 (received "
-                f"{rate!r}): pass `gate_lr_scale=` as a number."
-            )
-        return value
-
-    def _phase_at(self, step, epoch):
-        if self._total:
-            if step < self._search_end:
-                return SEARCH
-            return POLARIZE if step < self._hard_step else RECOVERY
-        if epoch < self._search_epochs:
-            return SEARCH
-        return POLARIZE if epoch < self._hard_epoch else RECOVERY
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -512,85 +308,6 @@ class JointLinearizationCallback(keras.callbacks.Callback):
             self._pull(gates)
         else:
             self._polarize(gates)
-
-    def _gates(self):
-        return np.array([float(np.mean(layer.alpha_numpy())) for layer in self._layers])
-
-    def _set_gates(self, gates, new):
-        for layer, old, value in zip(self._layers, gates, new):
-            if value != old:
-                alpha = layer.alpha_numpy() + (value - old)
-                layer.set_alpha(np.clip(alpha, 0.0, 1.0))
-
-    def _pull(self, gates):
-        """One step of the budget controller: the multiplier follows the
-        budget's relative deficit; every gate moves up by the multiplier's
-        share of an Adam step, weighted by what it buys and the prior."""
-        value = self.multiplier.update(self.budget.soft(gates), self.budget.needed)
-        weight = self.budget.weights
-        if self._prior_ranks is not None:
-            weight = weight * (1.5 - self._prior_ranks)
-        moved = np.clip(gates + value * self._adam_step * weight, 0.0, 1.0)
-        self._set_gates(gates, moved)
-
-    def _polarize(self, gates):
-        """The current best set pushed to 1, the rest to 0. The set may
-        change during the first half of the polarization only, so that
-        every gate has reached 0 or 1 when the set is made exact."""
-        if not self.chosen or self._settling():
-            chosen = self._select(gates)
-            if chosen != self.chosen:
-                if self.chosen:
-                    self.set_changes += 1
-                self.chosen = chosen
-        inside = np.array([layer.name in set(self.chosen) for layer in self._layers])
-        moved = np.clip(gates + np.where(inside, self._push, -self._push), 0.0, 1.0)
-        self._set_gates(gates, moved)
-
-    def _select(self, gates):
-        return self.budget.select(gates, self._prior_ranks)
-
-    def _settling(self):
-        if not self._total:
-            return self._epoch < (self._search_epochs + self._hard_epoch) / 2
-        return self._step < (self._search_end + self._hard_step) / 2
-
-    # ----------------------------------------------------------- hard set
-    def _hard_set(self, epoch):
-        """Exactly the chosen set linear (locked), the rest pinned at their
-        activation; BatchNorm re-estimated; the train step retraced."""
-        sync_training_state(self._trainer)
-        gates = self._gates()
-        chosen = self.budget.priced(self.chosen or self._select(gates), gates)
-        if self.chosen and chosen != self.chosen:
-            self.set_changes += 1
-        self.chosen = chosen
-        for layer in self._layers:
-            if layer.name in chosen:
-                layer.set_alpha_range(CHOSEN)
-                layer.lock_linear()
-            else:
-                layer.set_alpha_range(PINNED)
-        rebuild_train_function(self._trainer)
-        self._recalibrate()
-        self._hard = epoch
-        self._phase = RECOVERY
-        self.linearized = list(chosen)
-        self.kept = [layer.name for layer in self._layers if layer.name not in chosen]
-        details = {
-            "gates": {layer.name: float(g) for layer, g in zip(self._layers, gates)},
-            "set_changes": self.set_changes,
-            "recalibrated": bool(self._recalibrator),
-        }
-        if self.budget.units is not None:
-            unit = self.budget.found.evaluate(chosen)
-            details.update(depth=unit.depth, latency=unit.latency, macs=unit.macs)
-        self._event(epoch, "hard set", chosen, **details)
-
-    def _recalibrate(self):
-        if self._recalibrator is not None:
-            sync_training_state(self._trainer)
-            self._recalibrator.run(self._sample, batch_size=self.batch_size)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}

@@ -4,10 +4,12 @@ that reached the identity locked at the end of training."""
 import keras
 import numpy as np
 
+from keras_collapse.actions.locking import lock_near_linear
+from keras_collapse.checks import check_bool
+from keras_collapse.checks import check_number
 from keras_collapse.collapsible import collapsible_layers
-from keras_collapse.collapsible import lock_near_linear
 from keras_collapse.collapsible import sync_training_state
-from keras_collapse.units import check_objective
+from keras_collapse.surgery.units import check_objective
 
 
 class LayerCollapseCallback(keras.callbacks.Callback):
@@ -24,8 +26,10 @@ class LayerCollapseCallback(keras.callbacks.Callback):
     so the pull reaches the identity at normal learning rates.
 
     Args:
-        tolerance: float in [0, 1), the largest `|alpha - 1|` locked.
-            Defaults to `0.05`.
+        tolerance: float in [0, 1), the largest distance of a slope from the
+            identity, `max |alpha - 1|` over a layer's alphas, that is
+            locked (`lock_near_linear`'s; not the greedy callbacks'
+            accuracy drop). Defaults to `0.05`.
         lock: bool, whether to lock at the end of training. Defaults to
             `True`.
         objective: `lock_near_linear`'s: "activations", or "depth" /
@@ -37,12 +41,12 @@ class LayerCollapseCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> model = keras_collapse.make_collapsible(
-    ...     model, alpha_regularizer=keras_collapse.LinearityRegularizer(3.0))
-    >>> model.compile(keras.optimizers.Adam(3e-4), loss)
-    >>> history = model.fit(x, y, epochs=6,
-    ...                     callbacks=[keras_collapse.LayerCollapseCallback()])
-    >>> history.history["layercollapse_alpha_mean"]  # rising toward 1
+        model = keras_collapse.make_collapsible(
+            model, alpha_regularizer=keras_collapse.LinearityRegularizer(3.0))
+        model.compile(keras.optimizers.Adam(3e-4), loss)
+        history = model.fit(x, y, epochs=6,
+                            callbacks=[keras_collapse.LayerCollapseCallback()])
+        history.history["layercollapse_alpha_mean"]  # rising toward 1
 
     Reference:
         LayerCollapse, arXiv 2311.17943.
@@ -61,21 +65,12 @@ class LayerCollapseCallback(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        if (
-            isinstance(tolerance, bool)
-            or not isinstance(tolerance, (int, float))
-            or not 0 <= tolerance < 1
-        ):
-            raise ValueError(
-                f"`tolerance` must be a number in [0, 1). Received: "
-                f"tolerance={tolerance!r}"
-            )
-        if not isinstance(lock, bool):
-            raise ValueError(f"`lock` must be True or False. Received: lock={lock!r}")
-        self.tolerance = float(tolerance)
-        self.lock = lock
+        self.tolerance = check_number(
+            "tolerance", tolerance, 0, 1, high_open=True, what="the largest |alpha - 1|"
+        )
+        self.lock = check_bool("lock", lock)
         self.objective = check_objective(objective)
-        self.exact = exact
+        self.exact = check_bool("exact", exact)
         self.cost_model = cost_model
         self.verbose = verbose
 

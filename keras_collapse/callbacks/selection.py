@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_collapse.checks import is_int
 from keras_collapse.collapsible import sync_training_state
-from keras_collapse.units import merge_units
+from keras_collapse.surgery.units import merge_units
 
 
 def check_pace(per_decision):

@@ -1,6 +1,9 @@
 """TLCCallback: Till the Layers Collapse, on the shared decision engine."""
 
+from keras_collapse.callbacks.arguments import check_samples
 from keras_collapse.callbacks.engine import LinearizationCallback
+from keras_collapse.checks import check_bool
+from keras_collapse.checks import check_choice
 from keras_collapse.scores import scorers
 
 RANKINGS = ("batchnorm", "statistics", "validation", "random")
@@ -52,8 +55,9 @@ class TLCCallback(LinearizationCallback):
         multi_removal: bool, with the validation ranking: also linearize, at
             the same decision, every other candidate whose measured loss does
             not rise (TLC's multi-removal). Defaults to `False`.
-        validation_samples: int, the size of the fixed samples. Defaults to
-            `1024`.
+        samples: int >= 1, the rows of the fixed samples drawn from `data`
+            and `validation_data` (formerly `validation_samples`, still
+            accepted with a DeprecationWarning). Defaults to `1024`.
         **kwargs: the engine's arguments: `warmup_epochs` (1), `interval`
             (2), `ramp_epochs` (1), `monitor`, `tolerance`, `patience` (3),
             `max_layers`, `candidates`, `recalibrate`, `batch_size`, `seed`,
@@ -68,11 +72,11 @@ class TLCCallback(LinearizationCallback):
 
     Example:
 
-    >>> model = keras_collapse.make_collapsible(model)
-    >>> tlc = keras_collapse.TLCCallback()
-    >>> model.fit(x, y, epochs=20, callbacks=[tlc])
-    >>> tlc.linearized            # ['re_lu_7', 're_lu_3', ...]
-    >>> small = keras_collapse.surgery(model)
+        model = keras_collapse.make_collapsible(model)
+        tlc = keras_collapse.TLCCallback()
+        model.fit(x, y, epochs=20, callbacks=[tlc])
+        tlc.linearized            # ['re_lu_7', 're_lu_3', ...]
+        small = keras_collapse.surgery(model)
 
     Reference:
         Till the Layers Collapse, arXiv 2412.15077.
@@ -88,14 +92,13 @@ class TLCCallback(LinearizationCallback):
         data=None,
         ranking="auto",
         multi_removal=False,
-        validation_samples=1024,
+        samples=None,
         **kwargs,
     ):
-        if isinstance(ranking, str) and ranking not in ("auto", *RANKINGS):
-            raise ValueError(
-                f"`ranking` must be one of {('auto', *RANKINGS)} or a scorer. "
-                f"Received: ranking={ranking!r}"
-            )
+        samples = check_samples(samples, kwargs, self.method)
+        if isinstance(ranking, str):
+            check_choice("ranking", ranking, ("auto", *RANKINGS), what="or a scorer")
+        check_bool("multi_removal", multi_removal)
         if multi_removal and validation_data is None:
             raise ValueError(
                 "`multi_removal=True` linearizes the candidates whose measured "
@@ -111,7 +114,6 @@ class TLCCallback(LinearizationCallback):
             )
         self.ranking = ranking
         self.multi_removal = multi_removal
-        self.validation_samples = validation_samples
         scorer = (
             {
                 "batchnorm": scorers.BatchNormScorer,
@@ -126,9 +128,14 @@ class TLCCallback(LinearizationCallback):
             scorer() if scorer is not None else ranking,
             data=data,
             validation_data=validation_data,
-            samples=validation_samples,
+            samples=samples,
             **kwargs,
         )
+
+    @property
+    def validation_samples(self):
+        """The old name of `samples`."""
+        return self.samples
 
     def _unscorable_message(self):
         return (

@@ -11,7 +11,7 @@ from keras_collapse.cli.commands import surgery_command
 
 PROG = "keras-collapse"
 DEBUG_VARIABLE = "KERAS_COLLAPSE_DEBUG"
-# keras_collapse.units.OBJECTIVES (a test keeps them equal): not imported,
+# keras_collapse.surgery.units.OBJECTIVES (a test keeps them equal): not imported,
 # which would import Keras.
 OBJECTIVES = ("activations", "depth", "latency")
 

@@ -4,7 +4,8 @@
 models and unrolling composite layers (`unroll`), into nodes that hold a
 layer (or a raw Keras operation) and call
 arguments whose tensors are `Ref`s to other nodes' outputs. Passes edit the
-graph: replace a node's layer, rewire uses, drop nodes. `Graph.to_model`
+graph through `graph.rewrite` (a node's layer, its inputs, its removal) and
+`add` / `bypass` / `replace_uses` here. `Graph.to_model`
 builds a new, independent Keras model: every layer of the input model is
 cloned (shared layers stay shared), so the input model is never modified.
 """
@@ -17,6 +18,9 @@ import numpy as np
 
 from keras_collapse.graph import keras_internals
 from keras_collapse.graph import unroll
+from keras_collapse.graph.clone import clone_layer
+from keras_collapse.graph.clone import renamed
+from keras_collapse.graph.names import Names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,11 +383,11 @@ class Graph:
         if keep_outputs:
             self._keep_outputs()
         tensors, clones, pending = {}, {}, []
-        names = _Names(self)
+        names = Names(reserved={n.output_name for n in self.nodes.values()})
         for node in self.nodes.values():
             if node.is_input:
                 tensors[Ref(node.id)] = keras.Input(**node.input_config)
-                names.take(node.input_config["name"], ())
+                names.take(node.input_config["name"])
         for node in self.layer_nodes():
             layer = self._materialize(node, clones, pending, names, dtype)
 
@@ -456,140 +460,22 @@ class Graph:
             return layer  # a stateless operation
         if id(layer) in clones:
             return clones[id(layer)]
-        name = names.take(node.output_name or layer.name, node.scope, node.output_name)
+        name = _take_name(names, node.output_name or layer.name, node)
         if not self.is_original(layer):  # created by a pass
-            clones[id(layer)] = layer if name == layer.name else _renamed(layer, name)
+            clones[id(layer)] = layer if name == layer.name else renamed(layer, name)
         else:
-            clones[id(layer)] = _clone_layer(layer, name, dtype)
+            clones[id(layer)] = clone_layer(layer, name, dtype)
             if node.weights is None and layer.weights:
                 pending.append((clones[id(layer)], layer.get_weights()))
         return clones[id(layer)]
 
 
-class _Names:
-    """Unique layer names for a model being built: outputs' names first,
-    then each layer's own, then "<nested model>_<name>", then a suffix."""
-
-    def __init__(self, graph):
-        self._taken = set()
-        self._reserved = {n.output_name for n in graph.nodes.values()} - {None}
-
-    def take(self, name, scope, output_name=None):
-        """A free name for a layer; `output_name` (reserved) is its own."""
-
-        def free(candidate):
-            return candidate not in self._taken and (
-                candidate not in self._reserved or candidate == output_name
-            )
-
-        candidates = [name] + [f"{s}_{name}" for s in reversed(scope)]
-        prefix = unrolled_prefix(scope)
-        if prefix and not name.startswith(prefix + "_"):
-            # A sublayer of an unrolled composite layer is named after it
-            # ("transformer_layer_0_feedforward_output_dense"), in every block.
-            candidates.insert(0, f"{prefix}_{name}")
-        for candidate in candidates:
-            if free(candidate):
-                break
-        else:
-            base, i = candidates[-1], 1
-            candidate = f"{base}_{i}"
-            while not free(candidate):
-                i += 1
-                candidate = f"{base}_{i}"
-        self._taken.add(candidate)
-        return candidate
-
-
-def _renamed(layer, name):
-    """An unbuilt copy of a pass-created layer under another name."""
-    return type(layer).from_config({**layer.get_config(), "name": name})
-
-
-def _clone_layer(layer, name, dtype=None):
-    """A new layer with `layer`'s config (weights are set after building).
-
-    Raises:
-        ValueError: if the layer cannot be re-created from its config: sharing
-            it would tie the result's weights to the input model's.
-    """
-    if type(layer) is keras.layers.Lambda:
-        return _clone_lambda(layer, name, dtype)
-    try:
-        config = {**layer.get_config(), "name": name}
-        if dtype is not None and "float" in str(layer.compute_dtype):
-            config["dtype"] = dtype
-        try:
-            return layer.__class__.from_config(config)
-        except (TypeError, ValueError):
-            # Some layers report derived values their __init__ refuses
-            # (keras-hub's ViTPatchingAndEmbedding: num_patches).
-            # Or an __init__ that takes none of Layer's (keras-cv's
-            # HardSigmoidActivation: no name).
-            accepted = _init_arguments(layer.__class__)
-            if set(config) <= accepted:
-                raise
-            clone = layer.__class__.from_config(
-                {k: v for k, v in config.items() if k in accepted}
-            )
-            if clone.name != name:
-                clone.name = name
-            return clone
-    except Exception as e:  # a custom layer without a complete get_config
-        raise ValueError(
-            f"Layer '{layer.name}' ({type(layer).__name__}) cannot be re-created "
-            f"from its config ({type(e).__name__}: {e}), so it cannot be copied "
-            "into a new model without sharing its weights with the input model. "
-            "Give the layer a `get_config()` that returns every argument of its "
-            "`__init__` (see keras.layers.Layer.get_config)."
-        ) from None
-
-
-def _clone_lambda(layer, name, dtype=None):
-    """A new `Lambda` calling the same function object.
-
-    A Lambda holds no weights, and its config holds its function as Python
-    bytecode, which `from_config` refuses outside unsafe deserialization (and
-    would re-create as another function): the new layer is given the
-    function itself, with its arguments, output shape and mask.
-    """
-    if dtype is None or "float" not in str(layer.compute_dtype):
-        dtype = layer.dtype_policy
-    return keras.layers.Lambda(
-        layer.function,
-        output_shape=keras_internals.lambda_output_shape(layer),
-        mask=layer.mask,
-        arguments=dict(layer.arguments),
-        name=name,
-        dtype=dtype,
-        trainable=layer.trainable,
-    )
-
-
-# What keras.layers.Layer.__init__ accepts besides a subclass's own arguments.
-_LAYER_ARGUMENTS = {"name", "trainable", "dtype", "autocast", "activity_regularizer"}
-
-
-def _init_arguments(cls):
-    """The keyword arguments `cls(**config)` can take: each `__init__`'s own,
-    up the classes its `**kwargs` reach (keras.layers.Layer's own among
-    them), or only its own where an `__init__` takes no `**kwargs`."""
-    import inspect
-
-    names = set()
-    for klass in cls.__mro__:
-        if not issubclass(klass, keras.layers.Layer):
-            break
-        if klass is keras.layers.Layer:
-            return names | _LAYER_ARGUMENTS
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {
-            p.name
-            for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names - {"self"}
-    return names
+def _take_name(names, name, node):
+    """A layer's own name, else "<nested model>_<name>"; a sublayer of an
+    unrolled composite layer is named after it first
+    ("transformer_layer_0_feedforward_output_dense"), in every block."""
+    candidates = [f"{s}_{name}" for s in reversed(node.scope)]
+    prefix = unrolled_prefix(node.scope)
+    if prefix and not name.startswith(prefix + "_"):
+        name, candidates = f"{prefix}_{name}", [name, *candidates]
+    return names.take(name, candidates, owner=node.output_name)

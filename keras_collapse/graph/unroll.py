@@ -31,6 +31,8 @@ import keras
 import numpy as np
 
 from keras_collapse.graph import keras_internals
+from keras_collapse.graph.random_arrays import layer_id_range
+from keras_collapse.graph.random_arrays import random_arrays
 
 _UNROLLERS = {}  # class or "module.Class" path -> unroller, or None
 _TRACES = weakref.WeakKeyDictionary()  # layer -> {signature: Trace}
@@ -88,14 +90,15 @@ def register_unroller(layer_class, unroller="trace"):
     Returns:
         `layer_class`, so that it can decorate a class.
 
-    Example:
+    Example (registering is global, for the rest of the process):
 
-    >>> @keras_collapse.register_unroller
-    ... class Block(keras.layers.Layer):
-    ...     ...
-    >>> keras_collapse.register_unroller(
-    ...     Scaled, lambda layer, x: layer.dense(x) * layer.scale
-    ... )
+        @keras_collapse.register_unroller
+        class Block(keras.layers.Layer):
+            ...
+
+        keras_collapse.register_unroller(
+            Scaled, lambda layer, x: layer.dense(x) * layer.scale
+        )
     """
     is_layer_class = inspect.isclass(layer_class) and issubclass(
         layer_class, keras.layers.Layer
@@ -354,12 +357,16 @@ def _operation_key(operation, owned):
 def _check(layer, functional, args, kwargs, tensors):
     """Why the unrolled subgraph does not compute what the layer does on
     random inputs that fit it, or None."""
-    from keras_collapse.sample_inputs import random_inputs
-
     try:
         # One size for every unknown axis: a sequence and its mask agree.
         sizes = [tuple(d or 8 for d in t.shape[1:]) for t in functional.inputs]
-        values = random_inputs(functional, input_shape=sizes, batch_size=2, seed=0)
+        # Which sublayer an id input reaches is not known below the graph:
+        # ids fit every id-taking sublayer.
+        id_range = layer_id_range([layer])
+        id_ranges = (
+            {i: id_range for i in range(len(functional.inputs))} if id_range else {}
+        )
+        values = random_arrays(functional, id_ranges, sizes, batch_size=2, seed=0)
         values = values if isinstance(values, list) else [values]
         by_id = dict(
             zip(list(dict.fromkeys(id(t) for t in tensors)), values, strict=True)

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_collapse.checks import check_bool
+from keras_collapse.checks import check_number
 from keras_collapse.regularizers import LinearityRegularizer
 
 # Activations that are not elementwise (or already linear) cannot be blended
@@ -56,12 +58,12 @@ def resolve_activation(activation, activation_kwargs=None):
 
 def check_trainable_alpha(value):
     """Returns `value` if it is True, False or None; raises ValueError otherwise."""
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(
-            "`trainable_alpha` must be True, False or None (trained when a "
-            f"regularizer pulls it). Received: trainable_alpha={value!r}"
-        )
-    return value
+    return check_bool(
+        "trainable_alpha",
+        value,
+        allow_none=True,
+        what="None: trained when a regularizer pulls it",
+    )
 
 
 # The step a regularized slope takes per optimizer step, over the model's
@@ -82,17 +84,16 @@ def resolve_alpha_scale(alpha_scale, alpha_regularizer=None):
     """
     if alpha_scale is None:
         return LAYERCOLLAPSE_ALPHA_SCALE if alpha_regularizer is not None else 1.0
-    if (
-        isinstance(alpha_scale, bool)
-        or not isinstance(alpha_scale, (int, float, np.integer, np.floating))
-        or not 0 < alpha_scale < float("inf")
-    ):
-        raise ValueError(
-            "`alpha_scale` must be a finite number > 0 (how many times faster "
-            "than the model's weights the optimizer moves the slope), or None. "
-            f"Received: alpha_scale={alpha_scale!r}"
-        )
-    return float(2.0 ** round(np.log2(float(alpha_scale))))
+    alpha_scale = check_number(
+        "alpha_scale",
+        alpha_scale,
+        low=0,
+        low_open=True,
+        allow_none=True,
+        what="how many times faster than the model's weights the optimizer "
+        "moves the slope",
+    )
+    return float(2.0 ** round(np.log2(alpha_scale)))
 
 
 def check_alpha_range(alpha_range):
@@ -196,10 +197,12 @@ class CollapsibleActivation(keras.layers.Layer):
 
     Example:
 
-    >>> layer = CollapsibleActivation("gelu", alpha_regularizer=None)
+    >>> layer = kc.CollapsibleActivation("relu")
     >>> x = keras.ops.convert_to_tensor([-1.0, 2.0])
-    >>> # alpha = 0: gelu(x); after lock_linear(): exactly x
-    >>> layer.lock_linear(); keras.ops.convert_to_numpy(layer(x)).tolist()
+    >>> keras.ops.convert_to_numpy(layer(x)).tolist()  # alpha = 0: relu(x)
+    [0.0, 2.0]
+    >>> layer.lock_linear()  # alpha = 1 for good: exactly x
+    >>> keras.ops.convert_to_numpy(layer(x)).tolist()
     [-1.0, 2.0]
 
     Reference:
@@ -314,8 +317,8 @@ class CollapsibleActivation(keras.layers.Layer):
     def set_alpha_range(self, alpha_range):
         """Bounds `alpha` to `(low, high)` after every optimizer step (None:
         unbounded), and clips it there now. Inside `fit`, sync the training
-        state first (`keras_collapse.sync_training_state`) and retrace the
-        train step after (the constraint is compiled into it)."""
+        state first (`keras_collapse.collapsible.sync_training_state`) and
+        retrace the train step after (the constraint is compiled into it)."""
         self._require_built("set_alpha_range")
         self.alpha_range = check_alpha_range(alpha_range)
         self.alpha.constraint = self._constraint_or_none()

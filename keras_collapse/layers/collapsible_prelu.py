@@ -35,7 +35,7 @@ class CollapsiblePReLU(CollapsibleActivation):
     Example:
 
     >>> x = keras.ops.convert_to_tensor([-2.0, 3.0])
-    >>> layer = CollapsiblePReLU(alpha_initializer=keras.initializers.Constant(0.5))
+    >>> layer = kc.CollapsiblePReLU(alpha_initializer=keras.initializers.Constant(0.5))
     >>> keras.ops.convert_to_numpy(layer(x)).tolist()  # [0.5 * -2, 3]
     [-1.0, 3.0]
 

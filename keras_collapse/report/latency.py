@@ -21,7 +21,9 @@ import keras
 import numpy as np
 
 from keras_collapse.checks import check_int
+from keras_collapse.checks import check_model
 from keras_collapse.checks import is_int
+from keras_collapse.checks import shown
 from keras_collapse.graph.ir import Graph
 from keras_collapse.report.stats import resolve_input_shapes
 
@@ -72,8 +74,15 @@ def measure_latency(
 
     Example:
 
-    >>> result = measure_latency({"original": model, "collapsed": collapsed})
-    >>> result["models"]["collapsed"]["speedup"][64]  # e.g. 1.8: 1.8x faster
+    >>> inputs = keras.Input((16,))
+    >>> wide = keras.Model(inputs, keras.layers.Dense(256)(inputs))
+    >>> narrow = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    >>> result = kc.measure_latency({"wide": wide, "narrow": narrow}, repeats=3)
+    >>> result["reference"], result["batch_sizes"]
+    ('wide', [1, 64])
+    >>> result["models"]["wide"]["speedup"][64]  # the reference, to itself
+    1.0
+    >>> speedup = result["models"]["narrow"]["speedup"][64]  # above 1: faster
     """
     labeled = _labeled_models(models)
     batch_sizes = _batch_sizes(batch_sizes)
@@ -166,16 +175,14 @@ def _labeled_models(models):
     else:
         raise ValueError(
             "`models` must be a list of keras.Model or a dict "
-            f"`{{label: keras.Model}}`. Received: {type(models).__name__}"
+            f"`{{label: keras.Model}}`. Received: models={shown(models)}"
         )
     if not labeled:
-        raise ValueError("`models` must hold at least one model. Received none.")
+        raise ValueError(
+            f"`models` must hold at least one model. Received: models={models!r}"
+        )
     for label, model in labeled.items():
-        if not isinstance(model, keras.Model):
-            raise ValueError(
-                f"Expected keras.Model values in `models`. Received {model!r} "
-                f"of type {type(model).__name__} for '{label}'"
-            )
+        check_model(f"models[{label!r}]", model)
     return labeled
 
 
@@ -189,7 +196,7 @@ def _batch_sizes(batch_sizes):
     ):
         raise ValueError(
             "`batch_sizes` must be a non-empty sequence of positive ints. "
-            f"Received: batch_sizes={batch_sizes!r}"
+            f"Received: batch_sizes={shown(batch_sizes)}"
         )
     return tuple(dict.fromkeys(int(b) for b in batch_sizes))
 

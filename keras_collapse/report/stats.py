@@ -34,7 +34,6 @@ without it each unknown input axis is assumed to be 32, and a note says so.
 
 import dataclasses
 import math
-import numbers
 
 import keras
 
@@ -42,11 +41,11 @@ from keras_collapse.algebra import attention_macs
 from keras_collapse.algebra import conv_macs
 from keras_collapse.algebra import dense_macs
 from keras_collapse.algebra import einsum_macs
+from keras_collapse.checks import is_int
+from keras_collapse.graph import kinds
 from keras_collapse.graph.ir import Graph
 from keras_collapse.graph.ir import Ref
-from keras_collapse.passes import kinds
-
-ASSUMED_AXIS_SIZE = 32
+from keras_collapse.graph.random_arrays import NOMINAL_SIZE
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -121,7 +120,7 @@ def model_stats(model, input_shape=None):
 
     >>> inputs = keras.Input((8, 8, 16))
     >>> x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
-    >>> stats = model_stats(keras.Model(inputs, x))
+    >>> stats = kc.model_stats(keras.Model(inputs, x))
     >>> stats.macs  # 3 * 3 taps * 16 in * 32 out * 8 * 8 positions
     294912
     >>> stats.depth, stats.activations, stats.params  # params: 9*16*32 + 32
@@ -279,9 +278,9 @@ def _known(dims, layer, notes):
         return tuple(dims)
     notes.append(
         f"Layer '{layer.name}' has unknown axes {tuple(dims)}: assumed "
-        f"{ASSUMED_AXIS_SIZE} each for its MACs."
+        f"{NOMINAL_SIZE} each for its MACs."
     )
-    return tuple(ASSUMED_AXIS_SIZE if d is None else d for d in dims)
+    return tuple(NOMINAL_SIZE if d is None else d for d in dims)
 
 
 # --------------------------------------------------------------------- shapes
@@ -324,9 +323,7 @@ def resolve_input_shapes(declared, input_shape):
 
 def _is_shape(value):
     return isinstance(value, (tuple, list)) and all(
-        d is None
-        or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0)
-        for d in value
+        d is None or (is_int(d) and d > 0) for d in value
     )
 
 
@@ -371,7 +368,7 @@ def _tensor_shapes(graph, input_shape, notes):
     specs, assumed = {}, []
     for node, shape in zip(inputs, probe, strict=True):
         if None in shape[1:]:
-            shape = (shape[0], *(d or ASSUMED_AXIS_SIZE for d in shape[1:]))
+            shape = (shape[0], *(d or NOMINAL_SIZE for d in shape[1:]))
             assumed.append(
                 f"'{node.input_config['name']}' {tuple(node.shape)} -> {shape}"
             )
@@ -379,7 +376,7 @@ def _tensor_shapes(graph, input_shape, notes):
     if assumed:  # one note for every input
         which = "Input" if len(assumed) == 1 else f"{len(assumed)} inputs"
         notes.append(
-            f"{which} with unknown axes, assumed {ASSUMED_AXIS_SIZE} each: "
+            f"{which} with unknown axes, assumed {NOMINAL_SIZE} each: "
             f"{', '.join(assumed)}. Pass `input_shape` to set them."
         )
     for node in graph.layer_nodes():

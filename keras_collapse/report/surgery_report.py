@@ -8,6 +8,11 @@ from keras_collapse.report.table import format_latency
 from keras_collapse.report.table import format_stats_table
 
 
+def count_entries(entries, kind):
+    """How many of `entries` (`Entry`s of a surgery's journal) are of `kind`."""
+    return sum(entry.kind == kind for entry in entries)
+
+
 @dataclasses.dataclass
 class SurgeryReport:
     """Before/after statistics and the record of a `surgery`.
@@ -39,7 +44,7 @@ class SurgeryReport:
 
     def count(self, kind):
         """Number of actions of a kind ("fold_bn", "merge", "cut_channels", ...)."""
-        return sum(entry.kind == kind for entry in self.done)
+        return count_entries(self.done, kind)
 
     def measure_latency(self, batch_sizes=(1, 64), repeats=20, input_shape=None):
         """Times the input model and the result, interleaved, and stores and

@@ -6,6 +6,7 @@ header, a rule, then rows, with column widths computed from the contents.
 
 import math
 
+from keras_collapse.checks import shown
 from keras_collapse.report.stats import ModelStats
 
 _STAT_ROWS = (
@@ -35,13 +36,22 @@ def format_stats_table(before, after, title="Model statistics"):
 
     Example:
 
-    >>> print(format_stats_table(before, after))  # depth 20 -> 11: "-45.0%"
+    >>> inputs = keras.Input((8,))
+    >>> x = keras.layers.Dense(8, activation="relu")(inputs)
+    >>> deep = keras.Model(inputs, keras.layers.Dense(2)(x))
+    >>> shallow = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> before, after = kc.model_stats(deep), kc.model_stats(shallow)
+    >>> print(kc.report.format_stats_table(before, after))
+    Model statistics
+    ...
+    Depth (weight layers)   2   1   -50.0%
+    ...
     """
     for name, stats in (("before", before), ("after", after)):
         if not isinstance(stats, ModelStats):
             raise ValueError(
                 f"`{name}` must be a ModelStats (from `model_stats`). Received: "
-                f"{type(stats).__name__}"
+                f"{name}={shown(stats)} of type {type(stats).__name__}"
             )
     rows = [
         (
@@ -76,13 +86,20 @@ def format_entries(entries, title):
 
     Example:
 
-    >>> print(format_entries(journal.done, "Done"))
+    >>> from keras_collapse.surgery.passes.journal import Entry
+    >>> merged = Entry("merge", ("dense", "dense_1"), "Dense -> Dense")
+    >>> print(kc.report.format_entries([merged], "Done"))
+    Done (1)
+    ...
+    1  merge  dense, dense_1  Dense -> Dense
+    ...
     """
     for entry in entries:
         if not all(hasattr(entry, a) for a in ("kind", "layers", "detail")):
             raise ValueError(
-                "Expected journal entries with `kind`, `layers` and `detail` "
-                f"(keras_collapse.passes.journal.Entry). Received: {entry!r}"
+                "`entries` must be journal entries with `kind`, `layers` and "
+                "`detail` (keras_collapse.surgery.passes.journal.Entry). "
+                f"Received: an entry {shown(entry)}"
             )
     if not entries:
         return f"{title}: (none)"
@@ -120,13 +137,19 @@ def format_latency(result, title="Latency"):
 
     Example:
 
-    >>> print(format_latency(measure_latency([model, collapsed])))
+    >>> inputs = keras.Input((16,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs), name="dense4")
+    >>> print(kc.report.format_latency(kc.measure_latency([model], repeats=3)))
+    Latency ...
+    Model  ...batch 1  ...batch 64
+    ...
+    dense4 ...
     """
     keys = ("backend", "batch_sizes", "repeats", "reference", "models")
     if not isinstance(result, dict) or not all(k in result for k in keys):
         raise ValueError(
-            f"Expected the dict returned by `measure_latency`, with keys {keys}. "
-            f"Received: {result!r}"
+            f"`result` must be the dict `measure_latency` returns, with keys "
+            f"{keys}. Received: result={shown(result)}"
         )
     sizes = result["batch_sizes"]
     header = ("Model", *(f"batch {size}" for size in sizes))

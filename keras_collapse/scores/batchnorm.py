@@ -6,6 +6,8 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_collapse.checks import check_model
+from keras_collapse.checks import check_number
 from keras_collapse.scores import gaussian
 from keras_collapse.scores.layer_analysis import LayerAnalysis
 from keras_collapse.scores.layer_analysis import check_state
@@ -173,16 +175,26 @@ def analyze_batchnorm(model, confidence=0.95):
 
     Example:
 
-    >>> analysis = keras_collapse.analyze_batchnorm(model)
-    >>> print(analysis)          # one row per activation: ON / OFF / uncertain
-    >>> analysis.candidates()[0].name   # the safest layer to linearize
+    >>> inputs = keras.Input((4,))
+    >>> h = inputs
+    >>> for name, beta in (("sure", [-9.0, 9.0, 9.0]), ("coin", [0.0, 0.0, 0.0])):
+    ...     bn = keras.layers.BatchNormalization(name=f"bn_{name}")
+    ...     h = kc.CollapsibleActivation("relu", name=name)(
+    ...         bn(keras.layers.Dense(3)(h)))
+    ...     _ = bn.beta.assign(beta)  # "sure": one channel OFF, two ON
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    >>> analysis = kc.analyze_batchnorm(model)
+    >>> print(analysis)  # one row per activation: ON / OFF / uncertain
+    BatchNorm ON/OFF analysis (2 activations; ON/OFF at P >= 0.95; ...)
+    ...
+    sure  relu  bn_sure  3   67%    0%  33%  0.000  no
+    coin  relu  bn_coin  3    0%  100%   0%  0.399  no
+    ...
+    >>> analysis.candidates()[0].name  # the safest layer to linearize
+    'sure'
     """
     _check_confidence(confidence)
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"Expected a keras.Model. Received: {model!r} of type "
-            f"{type(model).__name__}"
-        )
+    check_model("model", model)
     return analyze_pairs(find_pairs(model), confidence)
 
 
@@ -287,12 +299,12 @@ def _activation_numpy(layer, z):
 
 
 def _check_confidence(confidence):
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, (int, float))
-        or not 0.5 < confidence < 1
-    ):
-        raise ValueError(
-            "`confidence` must be a number between 0.5 and 1 (exclusive). "
-            f"Received: confidence={confidence!r}"
-        )
+    check_number(
+        "confidence",
+        confidence,
+        0.5,
+        1,
+        low_open=True,
+        high_open=True,
+        what="how sure a channel's state must be",
+    )

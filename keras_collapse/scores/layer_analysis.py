@@ -6,6 +6,8 @@ activation with three channel states and a score; they are printed and drawn
 by the same code (`keras_collapse.report.channel_states`).
 """
 
+from keras_collapse.checks import check_choice
+
 
 class LayerAnalysis:
     """A per-activation analysis; index it by position or by activation name,
@@ -71,5 +73,4 @@ class LayerAnalysis:
 
 
 def check_state(state, states):
-    if state not in states:
-        raise ValueError(f"`state` must be one of {states}. Received: state={state!r}")
+    return check_choice("state", state, states)

@@ -7,7 +7,7 @@ import keras
 
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.graph import Graph
-from keras_collapse.passes import kinds
+from keras_collapse.graph import kinds
 
 # Single-input layers between a BN and its activation that keep every channel
 # apart and map a channel that is always ON (OFF) to one that is always ON

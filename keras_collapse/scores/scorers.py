@@ -4,9 +4,10 @@ A scorer is a callable `scorer(context, pairs) -> [Score, ...]`, safest
 first, that knows nothing of the schedule (the policy lives in
 `callbacks.engine`, the action in `linearize` / `ramp`). `pairs` are the
 candidate `Pair`s (activation + the BatchNormalization feeding it, if any);
-`context` (a `callbacks.engine.DecisionContext`) gives what a scorer may
+`context` (a `callbacks.context.DecisionContext`) gives what a scorer may
 need: the model, the fixed data sample, `evaluate()` on the labelled sample,
-`statistics()` over the data sample, a seeded `rng`, a `progress` bar.
+`loss_if_linearized()`, `statistics()` over the data sample, a seeded `rng`,
+a `progress` bar.
 
 Any callable returning `[(pair, value), ...]` works too (lowest value
 first): the OFF channels to zero are then TLC's, from the BatchNorm.
@@ -16,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from keras_collapse.checks import check_number
 from keras_collapse.scores.batchnorm import _layer_states
 from keras_collapse.scores.batchnorm import analyze_pairs
 
@@ -133,8 +135,8 @@ class EntropyScorer(Scorer):
     first.
 
     Args:
-        zero_entropy: float, the entropy (bits) at or below which a layer
-            counts as linear on the sample. Defaults to `1e-6`.
+        zero_entropy: float >= 0, the entropy (bits) at or below which a
+            layer counts as linear on the sample. Defaults to `1e-6`.
     """
 
     name = "entropy"
@@ -142,7 +144,10 @@ class EntropyScorer(Scorer):
     needs = ("data",)
 
     def __init__(self, zero_entropy=1e-6):
-        self.zero_entropy = zero_entropy
+        # Checked here, where EASIER, NEPENTHE and the joint prior all pass it.
+        self.zero_entropy = check_number(
+            "zero_entropy", zero_entropy, 0, what="an entropy in bits"
+        )
 
     def __call__(self, context, pairs):
         stats = context.statistics(pairs)
@@ -171,21 +176,12 @@ class LossScorer(Scorer):
         self.multi_removal = multi_removal
 
     def __call__(self, context, pairs):
-        # Imported here: linearize reads the BN analysis of this package.
-        from keras_collapse.linearize import linearize_pairs
-
-        model = context.model
         base = context.evaluate()["loss"]
         ranked = []
         bar = context.progress(len(pairs), "measuring candidates")
         for i, pair in enumerate(pairs):
             off = batchnorm_off(pair)
-            records = linearize_pairs(model, [pair], [off], constrain=False)
-            try:
-                loss = context.evaluate()["loss"]
-            finally:
-                for record in records:
-                    record.undo()
+            loss = context.loss_if_linearized(pair, off)
             ranked.append(Score(pair, float(loss) - base, off))
             bar.update(i + 1)
         return sorted(ranked, key=lambda s: np.nan_to_num(s.value, nan=np.inf))

@@ -14,11 +14,11 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_collapse.channel_moments import MomentsProbe
-from keras_collapse.channel_moments import channel_axis
 from keras_collapse.checks import check_int
 from keras_collapse.collapsible import collapsible_layers
 from keras_collapse.graph import Graph
+from keras_collapse.graph.channel_moments import MomentsProbe
+from keras_collapse.graph.channel_moments import channel_axis
 from keras_collapse.scores.batchnorm import BatchNormAnalysis
 from keras_collapse.scores.batchnorm import LayerStates
 from keras_collapse.scores.batchnorm import _check_confidence
@@ -213,10 +213,26 @@ def activation_statistics(
 
     Example:
 
-    >>> stats = keras_collapse.activation_statistics(model, x_train[:2048])
-    >>> print(stats)                       # entropy and ON/OFF fractions
-    >>> stats["re_lu_3"].p_on              # per channel, fraction of z > 0
-    >>> stats.candidates()[0].name         # lowest entropy: EASIER's pick
+    >>> inputs = keras.Input((4,))
+    >>> h = inputs
+    >>> for name, beta in (("sure", [-9.0, 9.0, 9.0]), ("coin", [0.0, 0.0, 0.0])):
+    ...     bn = keras.layers.BatchNormalization(name=f"bn_{name}")
+    ...     h = kc.CollapsibleActivation("relu", name=name)(
+    ...         bn(keras.layers.Dense(3)(h)))
+    ...     _ = bn.beta.assign(beta)  # "sure": one channel OFF, two ON
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    >>> x = np.random.default_rng(0).standard_normal((256, 4)).astype("float32")
+    >>> stats = kc.activation_statistics(model, x)
+    >>> print(stats)  # entropy and ON/OFF fractions
+    ON/OFF statistics over 256 samples (2 activations, inference mode; ...)
+    ...
+    sure  relu  256 samples  3  67%  0%  33%  0.000  no
+    coin  relu  256 samples  3 ...
+    >>> print(stats["sure"].p_on)  # per channel, the fraction of z > 0
+    [0. 1. 1.]
+    >>> stats.candidates()[0].name  # the lowest entropy: EASIER's pick
+    'sure'
+
 
     Reference:
         EASIER, arXiv 2404.18949.

@@ -236,7 +236,7 @@ class TestEngine(TestCase):
         assert "measuring candidates: 5" in out and "5/5" in out
 
     def test_recalibrates_before_judging_and_at_the_end(self, monkeypatch):
-        from keras_collapse.recalibrate import BatchNormRecalibrator
+        from keras_collapse.actions.recalibrate import BatchNormRecalibrator
 
         calls = []
         original = BatchNormRecalibrator.run

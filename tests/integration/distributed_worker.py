@@ -248,7 +248,7 @@ def main():
             monitor="guard_accuracy",
             mode="max",  # a key the model's metrics do not know
             precheck=False,  # the schedule this test pins: one change an epoch
-            validation_samples=512,
+            samples=512,
             warmup_epochs=1,
             interval=1,
             ramp_epochs=1,

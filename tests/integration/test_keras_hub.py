@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_collapse as kc
-from keras_collapse.sample_inputs import random_inputs
+from keras_collapse.graph.sample_inputs import random_inputs
 from tests.integration import builders
 from tests.testing import require
 

@@ -101,7 +101,7 @@ class TestArguments(TestCase):
             ({"models": []}, "at least one model"),
             ({"models": {}}, "at least one model"),
             ({"models": "model"}, "must be a list of keras.Model"),
-            ({"models": [object()]}, "Expected keras.Model values"),
+            ({"models": [object()]}, r"`models\[None\]` must be a keras.Model"),
             ({"batch_sizes": ()}, "non-empty sequence of positive ints"),
             ({"batch_sizes": (0,)}, "non-empty sequence of positive ints"),
             ({"batch_sizes": ("1",)}, "non-empty sequence of positive ints"),

@@ -1,10 +1,10 @@
 import pytest
 
-from keras_collapse.passes.journal import Entry
 from keras_collapse.report import ModelStats
 from keras_collapse.report import format_entries
 from keras_collapse.report import format_latency
 from keras_collapse.report import format_stats_table
+from keras_collapse.surgery.passes.journal import Entry
 from tests.testing import TestCase
 
 BEFORE = ModelStats(
@@ -82,7 +82,7 @@ class TestEntries(TestCase):
         assert format_entries([], "Skipped") == "Skipped: (none)"
 
     def test_rejects_what_is_not_an_entry(self):
-        with pytest.raises(ValueError, match="Expected journal entries"):
+        with pytest.raises(ValueError, match="`entries` must be journal entries"):
             format_entries([("merge", ("a",), "")], "Done")
 
 
@@ -106,7 +106,8 @@ class TestLatencyTable(TestCase):
         assert len({len(line) for line in lines}) == 1
 
     def test_rejects_what_measure_latency_did_not_return(self):
-        with pytest.raises(ValueError, match="Expected the dict returned"):
+        match = "`result` must be the dict `measure_latency` returns"
+        with pytest.raises(ValueError, match=match):
             format_latency({"models": {}})
 
 

@@ -295,7 +295,7 @@ class TestReplicaBlocks(TestCase):
     def test_moments_per_replica_merge_as_one_batch(self):
         # A model built in a tf.distribute scope returns one (4, C) block
         # per replica, stacked; a replica may get no rows.
-        from keras_collapse.channel_moments import Moments
+        from keras_collapse.graph.channel_moments import Moments
 
         rng = np.random.default_rng(0)
         a, b = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))

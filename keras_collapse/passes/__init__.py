@@ -1,1 +1,0 @@
-"""Graph passes: each edits a `Graph` in place and records what it did."""
