@@ -18,7 +18,7 @@ from keras_collapse.collapsible import layer_list
 from keras_collapse.collapsible import sync_training_state
 from keras_collapse.masks import ZeroChannels  # noqa: F401  (the old home)
 from keras_collapse.masks import hold_at_zero
-from keras_collapse.scores.batchnorm import _layer_states
+from keras_collapse.scores.batchnorm import layer_states
 from keras_collapse.scores.pairs import find_pairs
 
 
@@ -138,7 +138,7 @@ def _linearize(pair, off, zero_off, constrain):
     layer, bn = pair.activation, pair.batchnorm
     record = Linearized(layer.name, None, on=0, off=0, note=pair.reason)
     if zero_off and bn is not None:
-        states = _layer_states(pair, confidence=0.95)
+        states = layer_states(pair, confidence=0.95)
         if states.reason:
             record.note = states.reason
         elif not bn.scale:

@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_collapse.algebra.cost import conv_output_shape
 from keras_collapse.algebra.cost import same_padding
-from keras_collapse.algebra.fold import _kernel
+from keras_collapse.algebra.fold import as_kernel
 
 
 def apply_conv(x, kernel, strides, padding, depthwise=False):
@@ -29,7 +29,7 @@ def apply_conv(x, kernel, strides, padding, depthwise=False):
         ValueError: on mismatched ranks or channels, or an unknown padding.
     """
     fn = "apply_conv"
-    kernel = _kernel(kernel, "kernel", fn)
+    kernel = as_kernel(kernel, "kernel", fn)
     x = np.asarray(x, dtype="float64")
     rank = kernel.ndim - 2
     if x.ndim != rank + 1 or x.shape[-1] != kernel.shape[-2]:

@@ -18,9 +18,9 @@ Exactness, for a composed layer used with the stated padding:
 import numpy as np
 
 from keras_collapse.algebra.cost import taps_inside
-from keras_collapse.algebra.fold import _kernel
-from keras_collapse.algebra.fold import _through_taps
-from keras_collapse.algebra.fold import _vector
+from keras_collapse.algebra.fold import as_kernel
+from keras_collapse.algebra.fold import as_vector
+from keras_collapse.algebra.fold import through_taps
 
 
 def _shape(kernel):
@@ -72,16 +72,16 @@ def compose_dense(k1, b1, k2, b2):
         ValueError: on mismatched shapes.
     """
     fn = "compose_dense"
-    k1 = _kernel(k1, "k1", fn, ndim=2)
-    k2 = _kernel(k2, "k2", fn, ndim=2)
+    k1 = as_kernel(k1, "k1", fn, ndim=2)
+    k2 = as_kernel(k2, "k2", fn, ndim=2)
     if k1.shape[1] != k2.shape[0]:
         raise ValueError(
             f"{fn}: k1 has {k1.shape[1]} output units but k2 expects "
             f"{k2.shape[0]} inputs. Received k1.shape={_shape(k1)}, "
             f"k2.shape={_shape(k2)}."
         )
-    b1 = _vector(b1, k1.shape[1], "b1", fn)
-    b2 = _vector(b2, k2.shape[1], "b2", fn)
+    b1 = as_vector(b1, k1.shape[1], "b1", fn)
+    b2 = as_vector(b2, k2.shape[1], "b2", fn)
     return k1 @ k2, b1 @ k2 + b2
 
 
@@ -109,14 +109,14 @@ def compose_conv(k1, b1, strides1, k2, b2, strides2):
         ValueError: on mismatched ranks, channels or strides.
     """
     fn = "compose_conv"
-    k1 = _kernel(k1, "k1", fn)
-    k2 = _kernel(k2, "k2", fn, ndim=k1.ndim)
+    k1 = as_kernel(k1, "k1", fn)
+    k2 = as_kernel(k2, "k2", fn, ndim=k1.ndim)
     _check_chain(k1, k2, k1.shape[-1], fn)
     rank = k1.ndim - 2
     s1 = _tuple(strides1, rank, "strides1", fn)
     s2 = _tuple(strides2, rank, "strides2", fn)
-    b1 = _vector(b1, k1.shape[-1], "b1", fn)
-    b2 = _vector(b2, k2.shape[-1], "b2", fn)
+    b1 = as_vector(b1, k1.shape[-1], "b1", fn)
+    b2 = as_vector(b2, k2.shape[-1], "b2", fn)
     size1 = k1.shape[:-2]
     merged = [a + (b - 1) * s for a, b, s in zip(size1, k2.shape[:-2], s1, strict=True)]
     kernel = np.zeros((*merged, k1.shape[-2], k2.shape[-1]))
@@ -125,7 +125,7 @@ def compose_conv(k1, b1, strides1, k2, b2, strides2):
             slice(a * s, a * s + k) for a, s, k in zip(tap, s1, size1, strict=True)
         )
         kernel[window] += k1 @ k2[tap]
-    bias = b2 + _through_taps(k2, b1)
+    bias = b2 + through_taps(k2, b1)
     return kernel, bias, tuple(a * b for a, b in zip(s1, s2, strict=True))
 
 
@@ -149,14 +149,14 @@ def compose_depthwise_pointwise(dw, b_dw, pw, b_pw):
         ValueError: on mismatched shapes.
     """
     fn = "compose_depthwise_pointwise"
-    dw = _kernel(dw, "dw", fn)
-    pw = _kernel(pw, "pw", fn)
+    dw = as_kernel(dw, "dw", fn)
+    pw = as_kernel(pw, "pw", fn)
     _check_pointwise(pw, dw.ndim, "pw", fn)
     channels, multiplier = dw.shape[-2:]
     detail = f" ({channels} channels x multiplier {multiplier})"
     _check_chain(dw, pw, channels * multiplier, fn, detail)
-    b_dw = _vector(b_dw, channels * multiplier, "b_dw", fn)
-    b_pw = _vector(b_pw, pw.shape[-1], "b_pw", fn)
+    b_dw = as_vector(b_dw, channels * multiplier, "b_dw", fn)
+    b_pw = as_vector(b_pw, pw.shape[-1], "b_pw", fn)
     matrix = pw.reshape(channels * multiplier, -1)
     kernel = np.einsum("...cq,cqo->...co", dw, matrix.reshape(channels, multiplier, -1))
     return kernel, b_dw @ matrix + b_pw
@@ -184,17 +184,17 @@ def compose_pointwise_depthwise(pw, b_pw, dw, b_dw):
         ValueError: on mismatched shapes.
     """
     fn = "compose_pointwise_depthwise"
-    pw = _kernel(pw, "pw", fn)
-    dw = _kernel(dw, "dw", fn)
+    pw = as_kernel(pw, "pw", fn)
+    dw = as_kernel(dw, "dw", fn)
     _check_pointwise(pw, dw.ndim, "pw", fn)
     _check_chain(pw, dw, pw.shape[-1], fn)
     channels, multiplier = dw.shape[-2:]
-    b_pw = _vector(b_pw, channels, "b_pw", fn)
-    b_dw = _vector(b_dw, channels * multiplier, "b_dw", fn)
+    b_pw = as_vector(b_pw, channels, "b_pw", fn)
+    b_dw = as_vector(b_dw, channels * multiplier, "b_dw", fn)
     matrix = pw.reshape(-1, channels)
     kernel = np.einsum("ic,...cq->...icq", matrix, dw)
     kernel = kernel.reshape(*dw.shape[:-2], matrix.shape[0], channels * multiplier)
-    return kernel, b_dw + _through_taps(dw, b_pw, depthwise=True)
+    return kernel, b_dw + through_taps(dw, b_pw, depthwise=True)
 
 
 def same_padding_bias_map(b1, k2, spatial_shape, strides2, depthwise=False):
@@ -228,11 +228,11 @@ def same_padding_bias_map(b1, k2, spatial_shape, strides2, depthwise=False):
         ValueError: on mismatched shapes.
     """
     fn = "same_padding_bias_map"
-    k2 = _kernel(k2, "k2", fn)
+    k2 = as_kernel(k2, "k2", fn)
     rank = k2.ndim - 2
     spatial_shape = _tuple(spatial_shape, rank, "spatial_shape", fn)
     strides = _tuple(strides2, rank, "strides2", fn)
-    b1 = _vector(b1, k2.shape[-2], "b1", fn)
+    b1 = as_vector(b1, k2.shape[-2], "b1", fn)
     if depthwise:
         bias_map = (k2 * b1[:, None]).reshape(*k2.shape[:-2], -1)
     else:
@@ -262,7 +262,7 @@ def pad_kernel_to(kernel, size):
         ValueError: if a size is smaller or differs by an odd number.
     """
     fn = "pad_kernel_to"
-    kernel = _kernel(kernel, "kernel", fn)
+    kernel = as_kernel(kernel, "kernel", fn)
     target = _tuple(size, kernel.ndim - 2, "size", fn)
     pads = []
     for current, wanted in zip(kernel.shape[:-2], target, strict=True):
@@ -288,8 +288,8 @@ def _add_at_centre(kernel, bias, sc_kernel, sc_bias, fn):
             f"{kernel.shape[-1]} outputs like the kernel, received "
             f"kernel.shape={_shape(kernel)}, shortcut shape {_shape(sc_kernel)}."
         )
-    bias = _vector(bias, kernel.shape[-1], "bias", fn)
-    sc_bias = _vector(sc_bias, kernel.shape[-1], "sc_bias", fn)
+    bias = as_vector(bias, kernel.shape[-1], "bias", fn)
+    sc_bias = as_vector(sc_bias, kernel.shape[-1], "sc_bias", fn)
     return kernel + pad_kernel_to(sc_kernel, kernel.shape[:-2]), bias + sc_bias
 
 
@@ -310,7 +310,7 @@ def add_identity_shortcut(kernel, bias=None):
         ValueError: if input and output channels differ or a size is even.
     """
     fn = "add_identity_shortcut"
-    kernel = _kernel(kernel, "kernel", fn)
+    kernel = as_kernel(kernel, "kernel", fn)
     channels = kernel.shape[-2]
     if kernel.shape[-1] != channels:
         raise ValueError(
@@ -342,7 +342,7 @@ def add_pointwise_shortcut(kernel, bias, sc_kernel, sc_bias):
         ValueError: on mismatched shapes or even kernel sizes.
     """
     fn = "add_pointwise_shortcut"
-    kernel = _kernel(kernel, "kernel", fn)
-    sc_kernel = _kernel(sc_kernel, "sc_kernel", fn)
+    kernel = as_kernel(kernel, "kernel", fn)
+    sc_kernel = as_kernel(sc_kernel, "sc_kernel", fn)
     _check_pointwise(sc_kernel, kernel.ndim, "sc_kernel", fn)
     return _add_at_centre(kernel, bias, sc_kernel, sc_bias, fn)

@@ -21,7 +21,7 @@ def _array(value, name, fn):
     return array
 
 
-def _vector(value, length, name, fn, default=0.0):
+def as_vector(value, length, name, fn, default=0.0):
     """Returns `value` as a float64 vector of `length`; None gives `default`s."""
     if value is None:
         return np.full(length, default)
@@ -34,7 +34,7 @@ def _vector(value, length, name, fn, default=0.0):
     return vector
 
 
-def _kernel(value, name, fn, ndim=None):
+def as_kernel(value, name, fn, ndim=None):
     """Returns a kernel as float64, checking it has channel axes (and `ndim`)."""
     kernel = _array(value, name, fn)
     if kernel.ndim < 2 or (ndim is not None and kernel.ndim != ndim):
@@ -50,7 +50,7 @@ def _out_channels(kernel, depthwise):
     return kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
 
 
-def _through_taps(kernel, vector, depthwise=False):
+def through_taps(kernel, vector, depthwise=False):
     """Returns the layer's response (without bias) to a constant input `vector`.
 
     That is the sum over all taps t of `kernel[t]^T vector`, one value per
@@ -88,7 +88,7 @@ def batchnorm_affine(gamma, beta, moving_mean, moving_variance, epsilon):
             f"{fn}: expected a vector `moving_mean`, received shape {mean.shape}."
         )
     channels = mean.shape[0]
-    variance = _vector(moving_variance, channels, "moving_variance", fn)
+    variance = as_vector(moving_variance, channels, "moving_variance", fn)
     if np.any(variance < 0):
         raise ValueError(
             f"{fn}: expected non-negative `moving_variance`, received minimum "
@@ -101,9 +101,9 @@ def batchnorm_affine(gamma, beta, moving_mean, moving_variance, epsilon):
             f"{fn}: expected `moving_variance + epsilon > 0`, received "
             f"epsilon={epsilon} and minimum variance {variance.min()}."
         )
-    gamma = _vector(gamma, channels, "gamma", fn, default=1.0)
+    gamma = as_vector(gamma, channels, "gamma", fn, default=1.0)
     scale = gamma / np.sqrt(denominator)
-    shift = _vector(beta, channels, "beta", fn) - mean * scale
+    shift = as_vector(beta, channels, "beta", fn) - mean * scale
     return scale, shift
 
 
@@ -129,11 +129,11 @@ def fold_affine_after(kernel, bias, scale, shift, depthwise=False):
         ValueError: on non-finite values or mismatched shapes.
     """
     fn = "fold_affine_after"
-    kernel = _kernel(kernel, "kernel", fn)
+    kernel = as_kernel(kernel, "kernel", fn)
     channels = _out_channels(kernel, depthwise)
-    bias = _vector(bias, channels, "bias", fn)
-    scale = _vector(scale, channels, "scale", fn, default=1.0)
-    shift = _vector(shift, channels, "shift", fn)
+    bias = as_vector(bias, channels, "bias", fn)
+    scale = as_vector(scale, channels, "scale", fn, default=1.0)
+    shift = as_vector(shift, channels, "shift", fn)
     kernel_scale = scale.reshape(kernel.shape[-2:]) if depthwise else scale
     return kernel * kernel_scale, bias * scale + shift
 
@@ -162,11 +162,11 @@ def fold_affine_before(kernel, bias, scale, shift, depthwise=False):
         ValueError: on non-finite values or mismatched shapes.
     """
     fn = "fold_affine_before"
-    kernel = _kernel(kernel, "kernel", fn)
+    kernel = as_kernel(kernel, "kernel", fn)
     channels = kernel.shape[-2]
-    bias = _vector(bias, _out_channels(kernel, depthwise), "bias", fn)
-    scale = _vector(scale, channels, "scale", fn, default=1.0)
-    shift = _vector(shift, channels, "shift", fn)
+    bias = as_vector(bias, _out_channels(kernel, depthwise), "bias", fn)
+    scale = as_vector(scale, channels, "scale", fn, default=1.0)
+    shift = as_vector(shift, channels, "shift", fn)
     # The constant shift reaches every tap, so it adds a constant per output.
-    bias = bias + _through_taps(kernel, shift, depthwise)
+    bias = bias + through_taps(kernel, shift, depthwise)
     return kernel * scale[:, None], bias

@@ -6,7 +6,7 @@ sparsity)."""
 
 import math
 
-from keras_collapse.report.table import _table
+from keras_collapse.report.table import titled_table
 
 
 def format_channel_states(analysis):
@@ -53,7 +53,7 @@ def format_channel_states(analysis):
         "Note",
     )
     align = "<<<>" + ">" * len(states) + "><" + "<"
-    return _table(analysis.heading(), header, rows, align[: len(header)])
+    return titled_table(analysis.heading(), header, rows, align[: len(header)])
 
 
 def plot_channel_states(analysis, ax=None):
@@ -164,7 +164,7 @@ def format_rounds(title, epochs, series, notes=None):
         for name in layers
     ]
     header = (" / ".join(quantities), *(f"epoch {e}" for e in epochs))
-    table = _table(title, header, rows, "<" + ">" * len(epochs))
+    table = titled_table(title, header, rows, "<" + ">" * len(epochs))
     extra = [f"epoch {e}: {n}" for e, n in zip(epochs, notes or []) if n]
     return "\n".join([table, *extra])
 

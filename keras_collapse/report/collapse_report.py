@@ -3,9 +3,9 @@ and after, and the validation metrics and latency of both."""
 
 import dataclasses
 
-from keras_collapse.report.table import _table
 from keras_collapse.report.table import format_latency
 from keras_collapse.report.table import format_stats_table
+from keras_collapse.report.table import titled_table
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ class CollapseReport:
         ]
         if rows:
             header = ("Validation", "Input model", "Result", "Change")
-            parts.append(_table("Validation metrics", header, rows, "<>>>"))
+            parts.append(titled_table("Validation metrics", header, rows, "<>>>"))
         if self.linearized:
             parts.append("Linearized: " + ", ".join(self.linearized))
         if self.latency:

@@ -1,8 +1,8 @@
 """The text of an `Inspection` (what `keras_collapse.inspect` and
 `keras-collapse inspect` print)."""
 
-from keras_collapse.report.table import _STAT_ROWS
-from keras_collapse.report.table import _table
+from keras_collapse.report.table import STAT_ROWS
+from keras_collapse.report.table import titled_table
 
 
 def format_inspection(inspection, heading=None):
@@ -13,12 +13,12 @@ def format_inspection(inspection, heading=None):
         heading or f"Model '{inspection.model}'",
         "\n".join(
             [
-                _table(
+                titled_table(
                     "Model statistics",
                     ("", "Value"),
                     [
                         (label, f"{getattr(stats, field):,}")
-                        for label, field in _STAT_ROWS
+                        for label, field in STAT_ROWS
                     ],
                     "<>",
                 ),
@@ -53,7 +53,7 @@ def _collapsible_table(layers):
         for layer in layers
     ]
     linear = sum(layer["linear"] for layer in layers)
-    return _table(
+    return titled_table(
         f"Collapsible activations ({len(layers)}, {linear} linear)",
         ("Layer", "Activation", "Alpha", "Linear", "Locked"),
         rows,

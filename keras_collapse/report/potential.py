@@ -12,7 +12,7 @@ linear merged). Its depth and latency shares are the largest `target`
 import dataclasses
 import math
 
-from keras_collapse.report.table import _table
+from keras_collapse.report.table import titled_table
 
 FIELDS = ("depth", "params", "macs", "latency")
 LABELS = {
@@ -131,13 +131,13 @@ class Potential:
         rows = [
             (
                 LABELS[field],
-                _number(self.saved[field]),
-                _number(self.total[field]),
+                format_number(self.saved[field]),
+                format_number(self.total[field]),
                 f"{self.share(field):.1%}",
             )
             for field in FIELDS
         ]
-        table = _table(head, ("Saves", "Saved", "Of", "Share"), rows, "<>>>")
+        table = titled_table(head, ("Saves", "Saved", "Of", "Share"), rows, "<>>>")
         if self.units:
             reach = (
                 f'The most collapse can reach: objective="depth" target <= '
@@ -183,7 +183,7 @@ def units_table(units, total, title=None, layers=False):
             ", ".join(unit.activations),
             *((unit.layers,) if layers else ()),
             *(
-                f"{_number(getattr(unit, field))} "
+                f"{format_number(getattr(unit, field))} "
                 f"({_ratio(getattr(unit, field), total[field]):.1%})"
                 for field in FIELDS
             ),
@@ -192,7 +192,7 @@ def units_table(units, total, title=None, layers=False):
     ]
     header = ("Activations", *(("Layers",) if layers else ()))
     header += ("Depth", "Params", "MACs", "Latency")
-    return _table(title, header, rows, "<" + ">" * (len(header) - 1))
+    return titled_table(title, header, rows, "<" + ">" * (len(header) - 1))
 
 
 def help_for(reason, exact=True):
@@ -228,7 +228,7 @@ def _ratio(part, whole):
     return part / whole if whole else 0.0
 
 
-def _number(value):
+def format_number(value):
     if isinstance(value, float) and not value.is_integer():
         return f"{value:,.4g}"
     return f"{int(value):,}"

@@ -9,7 +9,7 @@ import math
 from keras_collapse.checks import shown
 from keras_collapse.report.stats import ModelStats
 
-_STAT_ROWS = (
+STAT_ROWS = (
     ("Depth (weight layers)", "depth"),
     ("Activations", "activations"),
     ("Linearized activations", "linearized"),
@@ -60,9 +60,9 @@ def format_stats_table(before, after, title="Model statistics"):
             f"{getattr(after, field):,}",
             _change(getattr(before, field), getattr(after, field)),
         )
-        for label, field in _STAT_ROWS
+        for label, field in STAT_ROWS
     ]
-    table = _table(title, ("", "Before", "After", "Change"), rows, "<>>>")
+    table = titled_table(title, ("", "Before", "After", "Change"), rows, "<>>>")
     # A note both models share (an input size assumed) is said once.
     notes = [
         f"Note: {n}" if n in after.notes else f"Note (before): {n}"
@@ -117,7 +117,9 @@ def format_entries(entries, title):
         )
         for i, ((kind, layers, detail), count) in enumerate(counts.items(), start=1)
     ]
-    return _table(f"{title} ({len(rows)})", ("#", "Kind", "Layers", "Detail"), rows)
+    return titled_table(
+        f"{title} ({len(rows)})", ("#", "Kind", "Layers", "Detail"), rows
+    )
 
 
 def format_latency(result, title="Latency"):
@@ -168,7 +170,7 @@ def format_latency(result, title="Latency"):
         f"{title} ({result['backend']}, median of {result['repeats']} runs per "
         f"batch; speedup vs '{result['reference']}')"
     )
-    return _table(heading, header, rows, "<" + ">" * len(sizes))
+    return titled_table(heading, header, rows, "<" + ">" * len(sizes))
 
 
 def _change(before, after):
@@ -188,7 +190,7 @@ def _milliseconds(seconds):
     return f"{ms:.{decimals}f} ms"
 
 
-def _table(title, header, rows, align=None):
+def titled_table(title, header, rows, align=None):
     """Lays out `rows` under `header`; `align` has one '<' or '>' per column."""
     align = align or "<" * len(header)
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]

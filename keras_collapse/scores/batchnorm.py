@@ -193,14 +193,14 @@ def analyze_batchnorm(model, confidence=0.95):
     >>> analysis.candidates()[0].name  # the safest layer to linearize
     'sure'
     """
-    _check_confidence(confidence)
+    check_confidence(confidence)
     check_model("model", model)
     return analyze_pairs(find_pairs(model), confidence)
 
 
 def analyze_pairs(pairs, confidence=0.95):
     """`analyze_batchnorm` on pairs found before (`scores.pairs.find_pairs`)."""
-    return BatchNormAnalysis([_layer_states(p, confidence) for p in pairs], confidence)
+    return BatchNormAnalysis([layer_states(p, confidence) for p in pairs], confidence)
 
 
 def batchnorm_arrays(bn):
@@ -212,7 +212,7 @@ def batchnorm_arrays(bn):
     return np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
 
 
-def _layer_states(pair, confidence):
+def layer_states(pair, confidence):
     layer, bn = pair.activation, pair.batchnorm
     states = LayerStates(
         name=layer.name,
@@ -298,7 +298,7 @@ def _activation_numpy(layer, z):
     return keras.ops.convert_to_numpy(out)
 
 
-def _check_confidence(confidence):
+def check_confidence(confidence):
     check_number(
         "confidence",
         confidence,

@@ -18,8 +18,8 @@ import dataclasses
 import numpy as np
 
 from keras_collapse.checks import check_number
-from keras_collapse.scores.batchnorm import _layer_states
 from keras_collapse.scores.batchnorm import analyze_pairs
+from keras_collapse.scores.batchnorm import layer_states
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ def batchnorm_off(pair):
     None when it has no usable BN."""
     if pair.batchnorm is None:
         return None
-    states = _layer_states(pair, confidence=0.95)
+    states = layer_states(pair, confidence=0.95)
     return None if states.reason else states.off
 
 

@@ -21,7 +21,7 @@ from keras_collapse.graph.channel_moments import MomentsProbe
 from keras_collapse.graph.channel_moments import channel_axis
 from keras_collapse.scores.batchnorm import BatchNormAnalysis
 from keras_collapse.scores.batchnorm import LayerStates
-from keras_collapse.scores.batchnorm import _check_confidence
+from keras_collapse.scores.batchnorm import check_confidence
 from keras_collapse.scores.batchnorm import fill_gaussian_states
 from keras_collapse.scores.layer_analysis import LayerAnalysis
 from keras_collapse.scores.layer_analysis import check_state
@@ -148,7 +148,7 @@ class ActivationStatistics(LayerAnalysis):
         Returns:
             a `BatchNormAnalysis` with `source="data"`.
         """
-        _check_confidence(confidence)
+        check_confidence(confidence)
         layers = []
         for s in self.layers:
             states = LayerStates(

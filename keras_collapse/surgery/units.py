@@ -26,7 +26,7 @@ from keras_collapse.graph import Ref
 from keras_collapse.graph import kinds
 from keras_collapse.graph import rewrite
 from keras_collapse.report.potential import FIELDS
-from keras_collapse.report.potential import _number
+from keras_collapse.report.potential import format_number
 from keras_collapse.report.potential import units_table
 from keras_collapse.surgery.dry_run import OBJECTIVES
 from keras_collapse.surgery.dry_run import DryRun
@@ -194,7 +194,7 @@ class MergeUnits:
             f"{self.dry_runs} dry runs, {self.seconds:.2f} s)\n"
             f"In brackets: the share of the BN-folded model's depth "
             f"{total['depth']:,}, {total['params']:,} params, {total['macs']:,} "
-            f"MACs, latency {_number(total['latency'])}"
+            f"MACs, latency {format_number(total['latency'])}"
         )
         return units_table(self.units, total, title=head, layers=True)
 
