@@ -8,6 +8,7 @@ import keras
 
 from keras_collapse.graph import Graph
 from keras_collapse.graph import kinds
+from keras_collapse.graph import rewrite
 from keras_collapse.scores.pairs import find_pairs
 
 # Exact types, as in graph/kinds.py: a subclass may use its kernel otherwise.
@@ -70,7 +71,7 @@ def prunable_layers(model):
     [('a', 'conv'), ('b', 'fc')]
     """
     graph = Graph.from_model(model)
-    readers = graph.consumers()
+    readers = rewrite.readers(graph)
     nodes, uses = {}, collections.Counter()
     for node in graph.layer_nodes():
         nodes.setdefault(id(node.layer), node)
@@ -107,7 +108,7 @@ def _feeding(graph, readers, uses, node, pair):
         return skip(f"{what}reads '{name}', not a Conv/Dense/DepthwiseConv")
     if uses[id(layer)] > 1:
         return skip(f"'{name}' is shared (called at several places)")
-    if readers.get(refs[0], []) != [node]:
+    if readers.sole(refs[0]) is not node:
         return skip(f"the output of '{name}' has other readers")
     if getattr(layer, "lora_rank", None):
         return skip(f"'{name}' has LoRA (Keras forbids kernel constraints there)")
