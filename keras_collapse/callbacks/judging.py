@@ -37,7 +37,8 @@ class Judging:
         self.model.set_weights(snapshot)
         rebuild_train_function(self.model)
         self._ramp = None
-        self.kept.extend(change.layers)
+        if not (change.retry or change.trial):
+            self.kept.extend(change.layers)
         self._event(
             epoch,
             "refused",

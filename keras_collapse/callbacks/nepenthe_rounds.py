@@ -47,7 +47,7 @@ class Rounds:
                 groups.append([names[n] for n in unit.activations])
         return groups
 
-    def _linearize_round(self, decision, ready, by_name):
+    def _linearize_round(self, decision, ready, by_name, trial=False):
         zero = []
         for group in ready:
             if len(zero) + len(group) > decision.room:
@@ -59,7 +59,42 @@ class Rounds:
         layers = [pair.activation.name for pair, _ in zero]
         event = self._event_details(by_name, {}, {}, {}, 0, {}, linearized=layers)
         event["channels_off"] = {p.activation.name: int(off.sum()) for p, off in zero}
-        return self._round(decision, layers, records, event)
+        event["trial"] = trial
+        return self._round(decision, layers, records, event, trial=trial)
+
+    def _trial_round(self, decision, groups, by_name):
+        """The trial: once per decision, the group with the lowest entropy
+        (per unit of gain) linearized for the pre-check to judge; None when
+        off, without a pre-check, or tried at this decision already (the
+        pre-check refused it: the round prunes instead)."""
+        if not self.trial or self._precheck is None:
+            return None
+        if self._tried_at is decision.context:
+            return None
+        self._tried_at = decision.context
+        fits = [g for g in groups if len(g) <= decision.room]
+        if not fits:
+            return None
+        lowest = min(fits, key=self._group_key(decision, by_name))
+        return self._linearize_round(decision, [lowest], by_name, trial=True)
+
+    def _group_key(self, decision, by_name):
+        """Sort key of a group: summed entropy per unit of gain (ties: the
+        larger gain); a lone candidate's gain is 1."""
+
+        def key(group):
+            names = tuple(p.activation.name for p in group)
+            unit = None
+            if decision.units is not None:
+                unit = next(
+                    (u for u in decision.units if tuple(u.activations) == names),
+                    None,
+                )
+            gain = unit.gain(self.objective) if unit is not None else 1.0
+            total = sum(by_name[n].entropy for n in names)
+            return (total / gain, -gain)
+
+        return key
 
     def _prune_round(self, decision, groups, by_name):
         targets = [p for g in groups for p in g if p.activation.name in self._targets]
@@ -98,16 +133,7 @@ class Rounds:
         summed entropy per unit of gain (ties: the larger gain) that still
         has something to prune."""
 
-        def key(group):
-            names = tuple(p.activation.name for p in group)
-            unit = next(
-                (u for u in decision.units if tuple(u.activations) == names), None
-            )
-            gain = unit.gain(self.objective) if unit is not None else 1.0
-            total = sum(by_name[n].entropy for n in names)
-            return (total / gain, -gain)
-
-        for group in sorted(groups, key=key):
+        for group in sorted(groups, key=self._group_key(decision, by_name)):
             open_ = [
                 p
                 for p in group
@@ -137,7 +163,7 @@ class Rounds:
             "overall_sparsity": self._overall(),
         }
 
-    def _round(self, decision, layers, records, event):
+    def _round(self, decision, layers, records, event, trial=False):
         round_ = {"epoch": decision.epoch + 1, "rolled_back": False, **event}
         self.rounds.append(round_)
         # On a rollback the round is marked and the fraction halved.
@@ -146,6 +172,7 @@ class Rounds:
             layers=layers,
             records=records,
             action="pruned" if not layers else "linearized",
+            trial=trial,
             details=event,
             message=self._describe_round(decision.epoch, layers, event),
         )
@@ -153,10 +180,14 @@ class Rounds:
     def _describe_round(self, epoch, layers, event):
         if layers:
             off = sum(event.get("channels_off", {}).values())
+            if event.get("trial"):
+                bits = ", ".join(f"{event['entropy'][n]:.3f}" for n in layers)
+                why = f"the lowest entropy, {bits} bits: a trial"
+            else:
+                why = f"entropy at most {self.zero_entropy:g} bits"
             return (
                 f"Epoch {epoch + 1}: {self.method} linearized {', '.join(layers)} "
-                f"(entropy at most {self.zero_entropy:g} bits; {off} OFF channels "
-                "zeroed)."
+                f"({why}; {off} OFF channels zeroed)."
             )
         pruned = event["pruned"]
         parts = []

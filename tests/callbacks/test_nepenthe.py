@@ -90,8 +90,10 @@ def oracle_shares(scores, caps, budget):
 
 
 def frozen(x, **kwargs):
-    """On a frozen model: single kernel weights, the paper's zero."""
+    """On a frozen model: single kernel weights, the paper's zero, no trial
+    (the rounds' pruning, not the pre-check, is under test)."""
     kwargs = {
+        "trial": False,
         "interval": 1,
         "recalibrate": False,
         "tolerance": 1e6,
@@ -196,6 +198,7 @@ class TestRounds(TestCase):
             tolerance=1e6,
             granularity="weights",
             per_layer_logs=True,
+            trial=False,
             verbose=0,
         )
         checkpoint = keras.callbacks.ModelCheckpoint(path)
@@ -494,7 +497,7 @@ class TestWherePruningActs(TestCase):
         stats = kc.activation_statistics(model, x)
         gammas = {a: numpy(model.get_layer(f"{a}_bn").gamma).copy() for a in plants}
         nep = kc.NEPENTHECallback(
-            x, interval=1, recalibrate=False, tolerance=1e6, verbose=0
+            x, interval=1, recalibrate=False, tolerance=1e6, trial=False, verbose=0
         )
         fit(model, (x, y), [nep], epochs=3)
         first, second = nep.rounds
@@ -543,6 +546,7 @@ class TestWherePruningActs(TestCase):
             interval=1,
             recalibrate=False,
             tolerance=1e6,
+            trial=False,
             verbose=0,
         )
         fit(model, (x, y), [strict], epochs=2)
@@ -550,7 +554,7 @@ class TestWherePruningActs(TestCase):
         model = planted_model(plants)
         expected_out = numpy(model(x))
         nep = kc.NEPENTHECallback(
-            x, interval=1, recalibrate=False, tolerance=1e6, verbose=0
+            x, interval=1, recalibrate=False, tolerance=1e6, trial=False, verbose=0
         )
         fit(model, (x, y), [nep], epochs=2)
         assert nep.linearized == ["near"]
@@ -649,3 +653,88 @@ class TestWherePruningActs(TestCase):
         for event in rounds:
             touched = {a for a, n in event["pruned"].items() if n}
             assert touched and any(touched <= m for m in members), (touched, members)
+
+
+class TestTrial(TestCase):
+    """No layer at `zero_entropy`: the lowest-entropy one is linearized as a
+    trial, kept when the pre-check accepts it, else the round prunes."""
+
+    plants = {"toss1": (0.0, 1.0), "mostly": (0.8, 1.0), "toss2": (0.1, 1.0)}
+
+    def noisy(self, y):
+        """Targets the model misses by about 1 (a loss the pre-check's
+        relative tolerance can scale)."""
+        noise = np.random.default_rng(3).standard_normal(y.shape)
+        return (y + noise).astype("float32")
+
+    def test_the_lowest_entropy_layer_is_tried_and_kept(self):
+        model = planted_model(self.plants)
+        x, y = inputs_and_targets(model)
+        stats = kc.activation_statistics(model, x)
+        entropy = {name: stats[name].entropy for name in self.plants}
+        lowest = min(entropy, key=entropy.get)
+        assert lowest == "mostly" and entropy["mostly"] > 0.286  # no zero
+        y = self.noisy(y)
+        nep = kc.NEPENTHECallback(
+            x, (x, y), interval=1, recalibrate=False, tolerance=1e6, verbose=0
+        )
+        fit(model, (x, y), [nep], epochs=2)
+        first = nep.events[0]
+        assert first["action"] == "linearized" and first["layers"] == [lowest]
+        assert first["trial"] is True and first["pruned"] == {}
+        assert nep.rounds[0]["trial"] is True
+        assert nep.linearized[0] == lowest
+        # No kernel was pruned for it, and the surgery computes the same.
+        assert nep._overall() == 0.0
+        linearized_out = numpy(model(x))
+        small, report = kc.surgery(model, return_report=True)
+        self.assert_close(small(x), linearized_out, atol=1e-4)
+        assert report.after.depth < report.before.depth
+
+    def test_a_refused_trial_stays_a_candidate_and_the_decision_prunes(self):
+        model = planted_model(self.plants)
+        x, y = inputs_and_targets(model)
+        # Nothing may change the outputs: the trial is refused at once, and
+        # the same decision tries pruning (refused too, at half the fraction).
+        nep = kc.NEPENTHECallback(
+            x,
+            (x, y),
+            interval=1,
+            recalibrate=False,
+            precheck=1e-9,
+            tolerance=1e6,
+            verbose=0,
+        )
+        fit(model, (x, y), [nep], epochs=3)
+        refused = [e for e in nep.events if e["action"] == "refused"]
+        epochs = sorted({e["epoch"] for e in refused})
+        assert epochs == [1, 2]  # both decisions, no epoch spent on a change
+        for epoch in epochs:
+            tries = [e["layers"] for e in refused if e["epoch"] == epoch]
+            # The trial first (the lowest entropy), then prune rounds.
+            assert tries[0] == ["mostly"] and tries[1:] == [[], []]
+        assert nep.kept == [] and nep.linearized == []
+        assert [r["trial"] for r in nep.rounds if "trial" in r][:1] == [True]
+        assert nep._overall() == 0.0  # every refused round undone
+        np.testing.assert_allclose(numpy(model(x)), y, atol=1e-5)
+
+    def test_trial_off_keeps_the_threshold_alone(self):
+        model = planted_model(self.plants)
+        x, y = inputs_and_targets(model)
+        y = self.noisy(y)
+        nep = kc.NEPENTHECallback(
+            x,
+            (x, y),
+            interval=1,
+            recalibrate=False,
+            tolerance=1e6,
+            trial=False,
+            verbose=0,
+        )
+        fit(model, (x, y), [nep], epochs=2)
+        assert nep.events[0]["action"] == "pruned"
+        assert nep.linearized == []
+
+    def test_trial_must_be_a_bool(self):
+        with pytest.raises(ValueError, match="trial"):
+            kc.NEPENTHECallback(np.zeros((4, 6)), trial="yes")
