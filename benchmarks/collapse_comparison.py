@@ -496,6 +496,9 @@ def plot(rows, path):
     groups = _groups(rows)
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 5))
     axes = list(axes) if len(models) > 1 else [axes]
+    # One colour per method (its objectives share it, "depth" drawn with
+    # triangles) on every panel: the legend is read for all of them.
+    colours, palette = {}, plt.get_cmap("tab20").colors
     for ax, name in zip(axes, models):
         lines = {}
         for (model, _), group in groups.items():
@@ -518,8 +521,14 @@ def plot(rows, path):
         for method, points in lines.items():
             points.sort()
             xs, ys, sds = zip(*points)
+            family = method.split(" [")[0]
+            colour = colours.setdefault(family, palette[len(colours) % len(palette)])
             style = "s" if method in (BASE, CONTROL, CONTROL_BN) else "o-"
-            ax.errorbar(xs, ys, yerr=sds, fmt=style, capsize=3, label=method)
+            if method.endswith("[depth]"):
+                style = "^--"
+            ax.errorbar(
+                xs, ys, yerr=sds, fmt=style, capsize=3, label=method, color=colour
+            )
         ax.set_xlabel("activations linearized (fraction)")
         ax.set_ylabel("test accuracy after surgery")
         ax.set_title(name)
