@@ -122,6 +122,26 @@ class TestBenchmarkFigures(TestCase):
         (legend,) = legends(fig)
         assert len(legend.get_texts()) == 3  # base, control, joint
 
+    def test_comparison_colours_one_method_alike_on_every_panel(self, tmp_path):
+        from benchmarks import collapse_comparison
+
+        rows = comparison_rows()
+        # vgg lacks the base: the cycle of colours would shift on its panel.
+        rows = [r for r in rows if not (r["model"] == "vgg" and "base" in r["run"])]
+        fig = collapse_comparison.plot(rows, tmp_path / "cmp.png")
+        colours = []
+        for ax in fig.axes:
+            named = dict(zip(*reversed(ax.get_legend_handles_labels())))
+            colours.append(
+                {label: tuple(h[0].get_color()) for label, h in named.items()}
+            )
+        first, second = colours
+        shared = set(first) & set(second)
+        assert {"fine-tune control", "joint [activations]"} <= shared
+        for label in shared:
+            assert first[label] == second[label], label
+        assert len({first[label] for label in first}) == len(first)
+
     def test_linearization_counts_are_whole_and_legends_outside(self, tmp_path):
         from benchmarks import linearization_fashion_mnist
 
