@@ -17,12 +17,10 @@ class Change:
             rollback (masks, constraints, locks, a method's own state).
         ramp: a `Ramp` easing the change in, whose records are undone too,
             or None.
-        retry: bool, whether a rollback or a refusal returns `layers` to the
-            candidates (a group taken at a fractional pace) instead of keeping
-            them nonlinear for good.
-        trial: bool, whether a refusal by the pre-check returns `layers` to
-            the candidates (a NEPENTHE trial: tried again once pruned
-            further); a rollback by the guard still keeps them.
+        retry: bool, whether a rollback returns `layers` to the candidates
+            (a group taken at a fractional pace) instead of keeping them
+            nonlinear for good. A refusal by the pre-check always returns
+            them (tried again at the next decision).
         action: str, the event's name ("linearized", "pruned", ...).
         details: dict, the event's details (`events` carries them).
         message: str or None, the method's own verbose line for it (the
@@ -41,7 +39,6 @@ class Change:
     records: list = dataclasses.field(default_factory=list)
     ramp: object = None
     retry: bool = False
-    trial: bool = False
     action: str = "linearized"
     details: dict = dataclasses.field(default_factory=dict)
     message: str | None = None

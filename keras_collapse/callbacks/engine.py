@@ -160,12 +160,14 @@ class LinearizationCallback(
             change that wrecks the model (a drop past the pre-check's
             tolerance) is refused at once (no epoch spent; event "refused")
             and the next candidate is tried, up to `patience` tries a
-            decision. The tolerance is `precheck.SLACK` (5) times the
-            guard's (0.1 accuracy, 10 % of the predictions, 25 % more loss
-            by default): a change costs more before its recovery than the
-            guard accepts after it. A float sets it (absolute when
-            maximized, relative when minimized). "auto": on when there is a
-            sample. Defaults to `"auto"`.
+            decision; a refused candidate stays a candidate, tried again at
+            later decisions (the model moves on). The tolerance is
+            `precheck.SLACK` (5) times the guard's (0.1 accuracy, 10 % of
+            the predictions, 25 % more loss by default): a change costs
+            more before its recovery than the guard accepts after it. A
+            float sets it (absolute when maximized, relative when
+            minimized). "auto": on when there is a sample. Defaults to
+            `"auto"`.
         per_decision: the pace: how many candidates (activations, or merge
             units with "depth" / "latency") one decision linearizes, judged
             and rolled back together; the scorer's `also_take` comes on top.

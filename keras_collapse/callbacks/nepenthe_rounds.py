@@ -60,7 +60,7 @@ class Rounds:
         event = self._event_details(by_name, {}, {}, {}, 0, {}, linearized=layers)
         event["channels_off"] = {p.activation.name: int(off.sum()) for p, off in zero}
         event["trial"] = trial
-        return self._round(decision, layers, records, event, trial=trial)
+        return self._round(decision, layers, records, event)
 
     def _trial_round(self, decision, groups, by_name):
         """The trial: once per decision, the group with the lowest entropy
@@ -163,7 +163,7 @@ class Rounds:
             "overall_sparsity": self._overall(),
         }
 
-    def _round(self, decision, layers, records, event, trial=False):
+    def _round(self, decision, layers, records, event):
         round_ = {"epoch": decision.epoch + 1, "rolled_back": False, **event}
         self.rounds.append(round_)
         # On a rollback the round is marked and the fraction halved.
@@ -172,7 +172,6 @@ class Rounds:
             layers=layers,
             records=records,
             action="pruned" if not layers else "linearized",
-            trial=trial,
             details=event,
             message=self._describe_round(decision.epoch, layers, event),
         )
