@@ -5,7 +5,8 @@ Per method (a no-method control first, on the same base and data order): the
 held-out accuracy, the surgery result's real depth against the BN-folded base's,
 the activations linearized and the callback's events.
 
-    python3 scripts/dev.py run --backend torch benchmarks/depth_objective_digits.py
+    python3 scripts/dev.py run --backend torch benchmarks/depth_objective_digits.py \
+        --seeds 0,1,2
 """
 
 import argparse
@@ -72,24 +73,12 @@ def run(method, base_weights, args, train, val, test):
     return accuracy, report.after.depth, cb
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="tlc,easier")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--base-epochs", type=int, default=8)
-    parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--interval-steps",
-        type=int,
-        default=None,
-        help="the callbacks decide every N training steps (default: every epoch)",
-    )
-    parser.add_argument("--out", default=None, help="also write the lines here")
-    args = parser.parse_args(argv)
-    train, val, test = digits(args.seed)
-    keras.utils.set_random_seed(args.seed)
+def one_seed(seed, args):
+    """`(lines, {method: (accuracy, depth saved)})` of one seed: a base
+    trained from it, then the control and each method from that base."""
+    args.seed = seed
+    train, val, test = digits(seed)
+    keras.utils.set_random_seed(seed)
     base = kc.make_collapsible(mobilenet_v2_style((8, 8, 1), width=args.width))
     base.compile(
         keras.optimizers.Adam(3e-3),
@@ -100,14 +89,15 @@ def main(argv=None):
     _, folded = kc.surgery(base, return_report=True)
     base_accuracy = base.evaluate(*test, verbose=0)[1]
     lines = [
-        f"# {' '.join(sys.argv)}  (backend {keras.backend.backend()})",
-        f"base: {args.base_epochs} epochs, held-out accuracy {base_accuracy:.4f}, "
-        f"BN-folded depth {folded.after.depth}",
+        f"seed {seed}: base {args.base_epochs} epochs, held-out accuracy "
+        f"{base_accuracy:.4f}, BN-folded depth {folded.after.depth}",
     ]
     weights = base.get_weights()
+    results = {}
     for method in ["control", *[m for m in args.methods.split(",") if m]]:
         accuracy, depth, cb = run(method, weights, args, train, val, test)
         saved = 1 - depth / folded.after.depth
+        results[method] = (accuracy, saved)
         done = cb.linearized if cb else []
         lines.append(
             f"{method:>8} [depth]: accuracy {accuracy:.4f}, depth "
@@ -115,9 +105,65 @@ def main(argv=None):
             f"linearized {len(done)}: {done}"
         )
         for e in cb.events if cb else []:
-            lines.append(f"    epoch {e['epoch']}: {e['action']} {e['layers']}")
+            measured = (
+                f" ({e['value']:.4f} against {e['best']:.4f})"
+                if e.get("value") is not None and e.get("best") is not None
+                else ""
+            )
+            lines.append(
+                f"    epoch {e['epoch']}: {e['action']} {e['layers']}{measured}"
+            )
+    return lines, results
+
+
+def summary(per_seed):
+    """Per method over the seeds: the depth saved and the accuracy
+    difference to the same seed's control, as mean +- std."""
+    lines = [f"over {len(per_seed)} seed(s), against each seed's control:"]
+    for method in per_seed[0]:
+        if method == "control":
+            continue
+        saved = np.array([r[method][1] for r in per_seed])
+        diff = np.array([r[method][0] - r["control"][0] for r in per_seed])
+        lines.append(
+            f"{method:>8}: {saved.mean():.1%} +- {saved.std():.1%} shallower "
+            f"(per seed {', '.join(f'{v:.0%}' for v in saved)}), accuracy "
+            f"{100 * diff.mean():+.2f} +- {100 * diff.std():.2f} points "
+            f"(per seed {', '.join(f'{100 * v:+.2f}' for v in diff)})"
+        )
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="tlc,easier")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--base-epochs", type=int, default=8)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds, each its own data split, base and runs",
+    )
+    parser.add_argument(
+        "--interval-steps",
+        type=int,
+        default=None,
+        help="the callbacks decide every N training steps (default: every epoch)",
+    )
+    parser.add_argument("--out", default=None, help="also write the lines here")
+    args = parser.parse_args(argv)
+    lines = [f"# {' '.join(sys.argv)}  (backend {keras.backend.backend()})"]
+    per_seed = []
+    for seed in [int(s) for s in args.seeds.split(",") if s]:
+        seed_lines, results = one_seed(seed, args)
+        print("\n".join(seed_lines), flush=True)
+        lines += seed_lines
+        per_seed.append(results)
+    lines += summary(per_seed)
+    print("\n".join(lines[-len(per_seed[0]) :]))
     text = "\n".join(lines)
-    print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
 

@@ -219,7 +219,7 @@ def test_depth_objective_digits_runs(tmp_path):
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "depth.txt"
     args = ["--epochs", "3", "--base-epochs", "2", "--methods", "tlc"]
-    args += ["--out", str(out)]
+    args += ["--seeds", "0,1", "--out", str(out)]
     proc = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "depth_objective_digits.py"), *args],
         capture_output=True,
@@ -231,7 +231,11 @@ def test_depth_objective_digits_runs(tmp_path):
     base = int(re.search(r"BN-folded depth (\d+)", text).group(1))
     control = re.search(r"control \[depth\]: .* depth (\d+) -> (\d+)", text)
     assert control and int(control.group(1)) == int(control.group(2)) == base
-    assert re.search(r"tlc \[depth\]: accuracy 0\.\d+, depth \d+ -> \d+", text)
+    assert (
+        len(re.findall(r"tlc \[depth\]: accuracy 0\.\d+, depth \d+ -> \d+", text)) == 2
+    )
+    assert "over 2 seed(s)" in text
+    assert re.search(r"tlc: -?\d+\.\d% \+- \d+\.\d% shallower", text)
 
 
 @pytest.mark.large

@@ -1,5 +1,7 @@
 """What a scorer may use at one decision, apart from any callback's state."""
 
+import contextlib
+
 import keras
 
 from keras_collapse.actions.linearize import linearize_pairs
@@ -34,6 +36,11 @@ class DecisionContext:
         on_skip: callable `(name, reason)`, told when a scorer leaves a
             candidate out for good. Defaults to `None`.
         graph: the model's `Graph`, if already read. Defaults to `None`.
+        settle: a callable returning a context manager within which the BN
+            statistics are settled (`BatchNormRecalibrator.settled`), or
+            None: `evaluate` measures within it, so that a candidate
+            linearized is judged as training will see it once its statistics
+            catch up, not on statistics that predate it. Defaults to `None`.
     """
 
     def __init__(
@@ -48,6 +55,7 @@ class DecisionContext:
         verbose=0,
         on_skip=None,
         graph=None,
+        settle=None,
     ):
         self.model = model
         self.trainer = trainer if trainer is not None else model
@@ -58,16 +66,20 @@ class DecisionContext:
         self.verbose = verbose
         self._on_skip = on_skip
         self._graph = graph
+        self._settle = settle
         self._statistics = None
 
     def evaluate(self):
-        """`model.evaluate` on the labelled sample, as a dict."""
+        """`model.evaluate` on the labelled sample, as a dict (on settled BN
+        statistics when the context has a `settle`)."""
         if self.sample is None:
             raise ValueError(
                 "This scorer measures the loss on labelled data: pass "
                 "`validation_data=(x, y)`."
             )
-        return evaluate_sample(self.model, self.sample, self.batch_size, self.trainer)
+        return evaluate_sample(
+            self.model, self.sample, self.batch_size, self.trainer, self._settle
+        )
 
     def loss_if_linearized(self, pair, off):
         """The sample loss with `pair` linearized (channels `off` zeroed),
@@ -122,11 +134,13 @@ class Progress:
             self._bar.update(n)
 
 
-def evaluate_sample(model, sample, batch_size, trainer=None):
+def evaluate_sample(model, sample, batch_size, trainer=None, settle=None):
     """`model.evaluate` on a fixed `(x, y, w)` sample, as a dict, after the
-    training state of `trainer` (the model `fit` runs) is synced."""
+    training state of `trainer` (the model `fit` runs) is synced; within
+    `settle()` (`BatchNormRecalibrator.settled`) when given."""
     sync_training_state(trainer if trainer is not None else model)
     x, y, w = sample
-    return model.evaluate(
-        x, y, sample_weight=w, batch_size=batch_size, verbose=0, return_dict=True
-    )
+    with settle() if settle is not None else contextlib.nullcontext():
+        return model.evaluate(
+            x, y, sample_weight=w, batch_size=batch_size, verbose=0, return_dict=True
+        )

@@ -127,6 +127,7 @@ class DecisionLoop:
             verbose=self.verbose,
             on_skip=lambda name, reason: self._skip(epoch, name, reason),
             graph=self._graph,
+            settle=self._settle,
         )
         refused = set()
         for _ in range(self.patience):

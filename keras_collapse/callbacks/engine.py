@@ -132,7 +132,12 @@ class LinearizationCallback(
         recalibrate: bool or "auto", whether to re-estimate the BN statistics
             (on the `data` sample; with True and only `validation_data`, on
             its inputs) before each judgment and at the end. "auto": when
-            `data` is given. Defaults to `"auto"`.
+            `data` is given. Unless False, a measurement on the labelled
+            sample that no re-estimation precedes (a measured ranking's;
+            without `data`, the guard's and the pre-check's) is made on
+            statistics re-estimated for it (from `data`, else the sample's
+            inputs) and put back afterwards; False measures on the moving
+            statistics as they are. Defaults to `"auto"`.
         samples: int >= 1, the rows of the fixed samples drawn from `data`
             and `validation_data`. Defaults to `1024`.
         batch_size: int, the batch size of measurements. Defaults to `128`.

@@ -61,7 +61,9 @@ class Monitoring:
         return None
 
     def _evaluate(self):
-        return evaluate_sample(self.model, self._sample, self.batch_size)
+        return evaluate_sample(
+            self.model, self._sample, self.batch_size, settle=self._settle_to_measure
+        )
 
     def _measures_itself(self):
         """Whether the guard is the callback's own measurement on the

@@ -35,6 +35,11 @@ class Precheck:
         trainer: the model `fit` runs, whose state is synced first.
         own_tolerance: float or None, the drop allowed, instead of `SLACK`
             times the guard's.
+        settle: a callable returning a context manager within which the BN
+            statistics are settled (`BatchNormRecalibrator.settled`), or
+            None. When given, each measurement on the labelled sample is
+            made within it: the engine passes one when it has no `data` to
+            re-estimate the statistics on for good.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class Precheck:
         batch_size,
         trainer=None,
         own_tolerance=None,
+        settle=None,
     ):
         self.model = model
         self.trainer = trainer if trainer is not None else model
@@ -54,6 +60,7 @@ class Precheck:
         self.tolerance = tolerance
         self.own_tolerance = own_tolerance
         self.batch_size = batch_size
+        self.settle = settle
         self.key = None
         self._reference = None
 
@@ -79,7 +86,7 @@ class Precheck:
     def _measure(self, reference):
         if self.sample is not None:
             result = evaluate_sample(
-                self.model, self.sample, self.batch_size, self.trainer
+                self.model, self.sample, self.batch_size, self.trainer, self.settle
             )
             self.key = self.key or accuracy_key(result) or "loss"
             return float(result[self.key])

@@ -3,6 +3,7 @@ the candidates, the fixed samples (drawn and checked here), the BatchNorm
 re-estimation and the pre-check; and whether it can act at all (a scorer
 with something to score, a merge unit that buys something)."""
 
+import functools
 import warnings
 
 from keras_collapse import data as data_lib
@@ -57,14 +58,32 @@ class Preparation:
         # them on the validation sample would make the guard judge on the
         # data the statistics were fitted to. With `recalibrate=True` and
         # only validation data, its inputs are used.
+        inputs = self._sample[0] if self._sample is not None else None
         calibration = self._data
-        if calibration is None and self.recalibrate is True and self._sample:
-            calibration = self._sample[0]
-        self._recalibrator = None
-        if calibration is not None and self.recalibrate in ("auto", True):
+        if calibration is None and self.recalibrate is True:
+            calibration = inputs
+        settle_x = self._data if self._data is not None else inputs
+        self._recalibrator = self._settle = None
+        recalibrator = None
+        if settle_x is not None and self.recalibrate in ("auto", True):
             recalibrator = BatchNormRecalibrator(self.model)
-            if recalibrator.layers:
-                self._recalibrator = (recalibrator, calibration)
+            recalibrator = recalibrator if recalibrator.layers else None
+        if recalibrator is not None and calibration is not None:
+            self._recalibrator = (recalibrator, calibration)
+        # A measurement on the labelled sample (the guard's, the
+        # pre-check's, a measured ranking's) is made on BN statistics
+        # re-estimated for it and then put back (on `data`, else on the
+        # sample's inputs, which then never reach the statistics training
+        # uses): the moving averages lag a change by ~100 steps (momentum
+        # 0.99), longer than an epoch of a small fine-tune, and a change
+        # judged on them reads worse than it is.
+        if recalibrator is not None:
+            self._settle = functools.partial(
+                recalibrator.settled, settle_x, batch_size=self.batch_size
+            )
+        # With an in-place re-estimation before each judgment (`data`, or
+        # `recalibrate=True`), the guard and the pre-check need no more.
+        self._settle_to_measure = self._settle if self._recalibrator is None else None
         self._precheck = None
         has_sample = self._sample is not None or self._data is not None
         if self.precheck is not False and (self.precheck != "auto" or has_sample):
@@ -76,6 +95,7 @@ class Preparation:
                 self.tolerance,
                 self.batch_size,
                 own_tolerance=own,
+                settle=self._settle_to_measure,
             )
             if not self._precheck.active:
                 raise ValueError(

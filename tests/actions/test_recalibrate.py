@@ -113,6 +113,34 @@ class TestPopulationStatistics(TestCase):
             np.testing.assert_allclose(wa, wb, atol=1e-5)
 
 
+class TestSettled(TestCase):
+    def test_inside_the_population_statistics_after_the_ones_before(self):
+        from keras_collapse.actions.recalibrate import BatchNormRecalibrator
+
+        model = stacked_model()
+        x = data()
+        before = [w.copy() for w in model.get_weights()]
+        oracle = kc.recalibrate_batchnorm(model, x).predict(x, verbose=0)
+        stale = model.predict(x, verbose=0)
+        with BatchNormRecalibrator(model).settled(x, batch_size=48):
+            inside = model.predict(x, verbose=0)
+        self.assert_close(inside, oracle, atol=1e-4)
+        assert not np.allclose(stale, oracle, atol=1e-2)
+        for a, b in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+    def test_put_back_when_the_body_raises(self):
+        from keras_collapse.actions.recalibrate import BatchNormRecalibrator
+
+        model = stacked_model()
+        before = [w.copy() for w in model.get_weights()]
+        with pytest.raises(RuntimeError, match="inside"):
+            with BatchNormRecalibrator(model).settled(data()):
+                raise RuntimeError("inside")
+        for a, b in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
 class TestIntegerData(TestCase):
     def test_uint8_images_are_cast_as_predict_casts_them(self):
         # Issue 23: uint8 images, which `predict` takes, failed in the Conv.

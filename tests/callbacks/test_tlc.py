@@ -1,6 +1,7 @@
 """TLCCallback inside `fit`: its choices, its guard, its records."""
 
 import csv
+import functools
 import os
 import warnings
 
@@ -37,6 +38,12 @@ def planted_model(seed=0):
     model = keras.Model(inputs, layers.Dense(2, name="head")(h))
     model.compile(keras.optimizers.SGD(0.0), "mse")
     return model
+
+
+# The planted net's BN statistics are set by hand, not its data's, and frozen:
+# a measurement on statistics re-estimated from the sample (what a measured
+# ranking and the pre-check do by default) would measure another net.
+AS_IT_IS = {"recalibrate": False}
 
 
 def teacher_data(model, n=128, seed=0):
@@ -100,7 +107,7 @@ class TestChoices(TestCase):
     def test_validation_picks_the_planted_layers_first(self):
         model = planted_model()
         data = teacher_data(model)
-        tlc = kc.TLCCallback(data, interval=1, max_layers=2, verbose=0)
+        tlc = kc.TLCCallback(data, interval=1, max_layers=2, verbose=0, **AS_IT_IS)
         fit(model, data, [tlc], epochs=4)
         assert sorted(tlc.linearized) == PLANTED
         first = tlc.events[0]
@@ -112,7 +119,9 @@ class TestChoices(TestCase):
     def test_multi_removal_takes_every_free_layer_at_once(self):
         model = planted_model()
         data = teacher_data(model)
-        tlc = kc.TLCCallback(data, interval=1, multi_removal=True, verbose=0)
+        tlc = kc.TLCCallback(
+            data, interval=1, multi_removal=True, verbose=0, **AS_IT_IS
+        )
         fit(model, data, [tlc], epochs=2)
         assert sorted(tlc.events[0]["layers"]) == PLANTED
 
@@ -199,7 +208,9 @@ class TestGuard(TestCase):
 
         model = planted_model()
         data = teacher_data(model)
-        tlc = kc.TLCCallback(data if with_data else None, interval=1, verbose=0)
+        tlc = kc.TLCCallback(
+            data if with_data else None, interval=1, verbose=0, **AS_IT_IS
+        )
         fit(model, data, [tlc, StopNow()], epochs=5)
         actions = [e["action"] for e in tlc.events]
         if with_data:  # judged on the sample at the end of training
@@ -447,7 +458,7 @@ class TestPrecheck(TestCase):
         # precheck=0.02: at most 2 % of the predictions may change at once
         # (by default 10 %: a change may cost more before its recovery).
         tlc = kc.TLCCallback(
-            data, ranking=a0_first, interval=1, precheck=0.02, verbose=0
+            data, ranking=a0_first, interval=1, precheck=0.02, verbose=0, **AS_IT_IS
         )
         counter = EpochCounter()
         fit(model, data, [tlc, counter], epochs=2)
@@ -483,3 +494,163 @@ class TestPrecheck(TestCase):
     def test_bad_precheck(self, bad):
         with pytest.raises(ValueError, match="precheck"):
             kc.TLCCallback(precheck=bad)
+
+
+def shifted_model(seed=0):
+    """Dense -> BN -> ReLU6 'sat' -> Dense -> BN 'after' -> ReLU -> head.
+    Two of sat's channels sit at a constant 30 (gamma 0), so its ReLU6
+    holds them at 6: linearizing it shifts the next Dense's output by a
+    constant, which BN 'after' removes exactly once its statistics are
+    re-estimated, and which its stale moving statistics pass on (a wreck).
+    Learning rate 0 and momentum 1: training moves nothing. The labels are
+    the model's own arg-max, so its accuracy starts at 1."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    h = layers.Dense(8, name="first")(inputs)
+    bn = layers.BatchNormalization(momentum=1.0, name="sat_bn")
+    h = kc.CollapsibleActivation("relu6", name="sat")(bn(h))
+    h = layers.Dense(8, name="second")(h)
+    h = layers.BatchNormalization(momentum=1.0, name="after")(h)
+    h = kc.CollapsibleActivation(name="late")(h)
+    model = keras.Model(inputs, layers.Dense(3, name="head")(h))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((256, 6)).astype("float32")
+    # Surely ON below 6 (beta 3, gamma 0.3) but for the two held at 30.
+    set_bn(bn, [0.3] * 6 + [0.0] * 2, [3.0] * 6 + [30.0] * 2)
+    kc.recalibrate_batchnorm(model, x, in_place=True)  # exact statistics
+    y = np.argmax(keras.ops.convert_to_numpy(model.predict(x, verbose=0)), -1)
+    model.compile(
+        keras.optimizers.SGD(0.0),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model, (x, y.astype("int32"))
+
+
+def moving_statistics(model):
+    return [
+        keras.ops.convert_to_numpy(w)
+        for layer in model.layers
+        if isinstance(layer, layers.BatchNormalization)
+        for w in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+class TestMeasuredOnSettledStatistics(TestCase):
+    """Without `data`, the pre-check, the guard and the measured ranking
+    measure a change on BN statistics re-estimated from the labelled
+    sample's inputs (then put back): stale moving statistics would read a
+    harmless change as a wreck."""
+
+    def test_measures_the_change_on_re_estimated_statistics_and_puts_them_back(
+        self,
+    ):
+        from keras_collapse.actions.recalibrate import BatchNormRecalibrator
+        from keras_collapse.callbacks.precheck import Precheck
+
+        model, (x, y) = shifted_model()
+        kc.linearize(model, "sat")
+        before = moving_statistics(model)
+        # The oracle: a recalibrated copy, evaluated by Keras.
+        settled = kc.recalibrate_batchnorm(model, x)
+        settled.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        oracle = settled.evaluate(x, y, verbose=0, return_dict=True)
+        expected, base_loss = oracle["accuracy"], oracle["loss"]
+        stale_loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+        settle = BatchNormRecalibrator(model).settled
+        precheck = Precheck(
+            model,
+            (x, y, None),
+            None,
+            None,
+            64,
+            settle=functools.partial(settle, x, batch_size=64),
+        )
+        assert precheck.before() == pytest.approx(expected, abs=1e-6)
+        # The shift removed (every prediction kept), or passed on (a wreck).
+        assert expected == 1.0 and stale_loss > 5 * base_loss
+        for a, b in zip(moving_statistics(model), before):
+            np.testing.assert_array_equal(a, b)
+
+    @pytest.mark.parametrize("recalibrate", ["auto", False])
+    def test_a_harmless_change_passes_only_on_settled_statistics(self, recalibrate):
+        model, data = shifted_model()
+        before = moving_statistics(model)
+        tlc = kc.TLCCallback(
+            validation_data=data,
+            candidates=["sat"],
+            interval=1,
+            ramp_epochs=0,
+            recalibrate=recalibrate,
+            verbose=0,
+        )
+        recorder = StatisticsRecorder()
+        fit(model, data, [tlc, recorder], epochs=2)
+        first = tlc.events[0]
+        if recalibrate == "auto":
+            assert (first["action"], first["layers"]) == ("linearized", ["sat"])
+            # The re-estimated statistics were put back after measuring.
+            for a, b in zip(recorder.statistics[first["epoch"] - 1], before):
+                np.testing.assert_array_equal(a, b)
+        else:
+            assert (first["action"], first["layers"]) == ("refused", ["sat"])
+
+    @pytest.mark.parametrize("recalibrate", ["auto", False])
+    def test_the_guard_judges_on_settled_statistics(self, recalibrate):
+        # Momentum 1: the moving statistics never catch up with the change,
+        # as after too few steps of a real fine-tune.
+        model, data = shifted_model()
+        tlc = kc.TLCCallback(
+            validation_data=data,
+            candidates=["sat"],
+            interval=1,
+            ramp_epochs=0,
+            recalibrate=recalibrate,
+            precheck=False,
+            verbose=0,
+        )
+        fit(model, data, [tlc], epochs=3)
+        actions = [e["action"] for e in tlc.events[:2]]
+        judged = "accepted" if recalibrate == "auto" else "rolled back"
+        assert actions == ["linearized", judged]
+
+    @pytest.mark.parametrize("recalibrate", ["auto", False])
+    def test_the_measured_ranking_on_settled_statistics(self, recalibrate):
+        model, (x, y) = shifted_model()
+        # The oracle: the loss increase of a recalibrated linearized copy.
+        linear = keras.models.clone_model(model)
+        linear.set_weights(model.get_weights())
+        kc.linearize(linear, "sat")
+        if recalibrate == "auto":
+            linear = kc.recalibrate_batchnorm(linear, x)
+        linear.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        base = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+        expected = linear.evaluate(x, y, verbose=0, return_dict=True)["loss"] - base
+        tlc = kc.TLCCallback(
+            validation_data=(x, y),
+            candidates=["sat"],
+            interval=1,
+            recalibrate=recalibrate,
+            precheck=False,
+            verbose=0,
+        )
+        fit(model, (x, y), [tlc], epochs=2)
+        ((name, increase),) = tlc.events[0]["ranked"]
+        assert name == "sat"
+        assert increase == pytest.approx(expected, abs=1e-4)
+        # settled: nothing lost; as it is: a wreck
+        assert (expected < 1e-3) == (recalibrate == "auto")
+
+
+class StatisticsRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.statistics = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.statistics[epoch] = moving_statistics(self.model)
