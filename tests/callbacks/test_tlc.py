@@ -527,6 +527,19 @@ def shifted_model(seed=0):
     return model, (x, y.astype("int32"))
 
 
+def sat_only(validation_data, recalibrate, **kwargs):
+    """TLC with the validation sample, deciding on `shifted_model`'s 'sat'
+    alone, every epoch."""
+    return kc.TLCCallback(
+        validation_data=validation_data,
+        candidates=["sat"],
+        interval=1,
+        recalibrate=recalibrate,
+        verbose=0,
+        **kwargs,
+    )
+
+
 def moving_statistics(model):
     return [
         keras.ops.convert_to_numpy(w)
@@ -579,14 +592,7 @@ class TestMeasuredOnSettledStatistics(TestCase):
     def test_a_harmless_change_passes_only_on_settled_statistics(self, recalibrate):
         model, data = shifted_model()
         before = moving_statistics(model)
-        tlc = kc.TLCCallback(
-            validation_data=data,
-            candidates=["sat"],
-            interval=1,
-            ramp_epochs=0,
-            recalibrate=recalibrate,
-            verbose=0,
-        )
+        tlc = sat_only(data, recalibrate, ramp_epochs=0)
         recorder = StatisticsRecorder()
         fit(model, data, [tlc, recorder], epochs=2)
         first = tlc.events[0]
@@ -603,15 +609,7 @@ class TestMeasuredOnSettledStatistics(TestCase):
         # Momentum 1: the moving statistics never catch up with the change,
         # as after too few steps of a real fine-tune.
         model, data = shifted_model()
-        tlc = kc.TLCCallback(
-            validation_data=data,
-            candidates=["sat"],
-            interval=1,
-            ramp_epochs=0,
-            recalibrate=recalibrate,
-            precheck=False,
-            verbose=0,
-        )
+        tlc = sat_only(data, recalibrate, ramp_epochs=0, precheck=False)
         fit(model, data, [tlc], epochs=3)
         actions = [e["action"] for e in tlc.events[:2]]
         judged = "accepted" if recalibrate == "auto" else "rolled back"
@@ -631,14 +629,7 @@ class TestMeasuredOnSettledStatistics(TestCase):
         )
         base = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
         expected = linear.evaluate(x, y, verbose=0, return_dict=True)["loss"] - base
-        tlc = kc.TLCCallback(
-            validation_data=(x, y),
-            candidates=["sat"],
-            interval=1,
-            recalibrate=recalibrate,
-            precheck=False,
-            verbose=0,
-        )
+        tlc = sat_only((x, y), recalibrate, precheck=False)
         fit(model, (x, y), [tlc], epochs=2)
         ((name, increase),) = tlc.events[0]["ranked"]
         assert name == "sat"
